@@ -1,0 +1,5 @@
+"""HelixFlow: a self-hosted, OpenAI-compatible AI inference platform."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,1 @@
+"""HTTP only: parse into protocol models, call a service, shape the reply."""

@@ -1,0 +1,28 @@
+"""FastAPI dependencies: reach the services the lifespan built on ``app.state``."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from fastapi import Request
+
+from helixflow.api.openai.serving_chat import ChatService
+from helixflow.api.openai.serving_completions import CompletionService
+from helixflow.config import Settings
+from helixflow.engine.registry import EngineRegistry
+
+
+def get_settings(request: Request) -> Settings:
+    return cast(Settings, request.app.state.settings)
+
+
+def get_engines(request: Request) -> EngineRegistry:
+    return cast(EngineRegistry, request.app.state.engines)
+
+
+def get_chat_service(request: Request) -> ChatService:
+    return cast(ChatService, request.app.state.chat_service)
+
+
+def get_completion_service(request: Request) -> CompletionService:
+    return cast(CompletionService, request.app.state.completion_service)

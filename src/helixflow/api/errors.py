@@ -1,0 +1,95 @@
+"""The one place that turns exceptions into OpenAI's error envelope."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from helixflow.errors import HelixFlowError, error_envelope
+
+log = logging.getLogger(__name__)
+
+_STATUS_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", None),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(HelixFlowError, _helixflow_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+def error_response(exc: HelixFlowError) -> JSONResponse:
+    return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _helixflow_error(request: Request, exc: HelixFlowError) -> JSONResponse:
+    if exc.status_code >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    return error_response(exc)
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    parts = [p for p in loc if p != "body"]
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and not part[:1].isupper() and "[" not in part:
+            out += f".{part}" if out else part
+    return out or None
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {"msg": "invalid request", "loc": (), "type": ""}
+    if first.get("type") == "json_invalid":
+        message = "We could not parse the JSON body of your request: " \
+                  f"{first.get('ctx', {}).get('error', 'invalid JSON')}."
+        body = error_envelope(message, "invalid_request_error", None, "invalid_json")
+        return JSONResponse(body, status_code=400)
+    param = _param(tuple(first.get("loc", ())))
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if first.get("type") == "missing":
+        message = f"Missing required parameter: '{param}'."
+    elif param:
+        message = f"Invalid value for '{param}': {msg}."
+    else:
+        message = f"Invalid request body: {msg}."
+    if len(errors) > 1:
+        message += f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    body = error_envelope(message, "invalid_request_error", param,
+                          str(first.get("type")) or None)
+    return JSONResponse(body, status_code=400)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    error_type, code = _STATUS_TYPES.get(exc.status_code, ("invalid_request_error", None))
+    message = str(exc.detail)
+    if exc.status_code == 404:
+        message = f"Unknown URL: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+    return JSONResponse(error_envelope(message, error_type, None, code),
+                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    body = error_envelope("The server had an error while processing your request.",
+                          "server_error", None, "internal_error")
+    return JSONResponse(body, status_code=500)

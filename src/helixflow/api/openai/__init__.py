@@ -1,0 +1,1 @@
+"""The OpenAI-compatible API under /v1 (the router lives in ``routes``)."""

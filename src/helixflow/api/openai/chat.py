@@ -1,0 +1,43 @@
+"""POST /v1/chat/completions"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from helixflow.api.deps import get_chat_service
+from helixflow.api.openai.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from helixflow.api.openai.responses import ERROR_RESPONSES, json_response
+from helixflow.api.openai.serving_chat import ChatService
+from helixflow.api.streaming import sse_response, until_disconnected
+
+router = APIRouter()
+
+_STREAM_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The completion; with `stream: true`, server-sent events of "
+        "`chat.completion.chunk` objects ending with `data: [DONE]`.",
+        "content": {"text/event-stream": {"schema": ChatCompletionChunk.model_json_schema()}},
+    },
+}
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={**_STREAM_DOC, **ERROR_RESPONSES},
+    summary="Create a chat completion",
+)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    request: Request,
+    service: Annotated[ChatService, Depends(get_chat_service)],
+) -> Response:
+    prepared = service.prepare(body)
+    if body.stream:
+        deltas = prepared.engine.generate(prepared.generation)
+        return sse_response(service.stream(prepared, deltas), prepared.completion_id)
+    result = await until_disconnected(request, service.complete(prepared))
+    return json_response(result, prepared.completion_id)

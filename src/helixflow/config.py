@@ -1,0 +1,160 @@
+"""One settings tree for the whole process.
+
+Sources, highest precedence first: explicit overrides (CLI flags), environment variables
+(``HELIXFLOW_*``, nested with ``__``, e.g. ``HELIXFLOW_SERVER__PORT=9000``), an optional YAML
+file (``--config helixflow.yaml`` or ``HELIXFLOW_CONFIG``), then defaults that work on a laptop.
+No other module reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_MODEL_ID = "smollm2-135m"
+CONFIG_ENV_VAR = "HELIXFLOW_CONFIG"
+
+
+class ModelConfig(BaseModel):
+    """One model the engine loads and serves."""
+
+    id: str = Field(min_length=1, max_length=128, description="Name clients send as `model`.")
+    path: Path | None = Field(default=None, description="Path to a GGUF file.")
+    bundled: str | None = Field(
+        default=None, description="Name of a model shipped in a Python package (see `models list`)."
+    )
+    aliases: list[str] = Field(default_factory=list, description="Other names for this model.")
+    context_size: int = Field(
+        default=8192,
+        ge=64,
+        le=1 << 20,
+        description="Total KV-cache budget in tokens, shared by all parallel sequences.",
+    )
+    parallel: int = Field(default=8, ge=1, le=256, description="Maximum parallel sequences.")
+    batch_size: int = Field(
+        default=512, ge=16, le=8192, description="Most tokens in one decode step (n_batch)."
+    )
+    prefill_chunk: int = Field(
+        default=256,
+        ge=8,
+        le=8192,
+        description="Most prompt tokens one sequence feeds per step, so long prompts "
+        "interleave with other streams' decoding.",
+    )
+    threads: int | None = Field(
+        default=None, ge=1, le=512, description="CPU threads for decoding (default: all cores)."
+    )
+    max_queue: int = Field(
+        default=128,
+        ge=0,
+        le=100_000,
+        description="Requests that may wait for a free slot; beyond that they get 429.",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="Jinja chat template overriding the GGUF's own: inline text or a file path.",
+    )
+    prefix_cache: bool = Field(
+        default=True, description="Reuse KV of matching prompt prefixes between requests."
+    )
+    owned_by: str = "helixflow"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.path is None) == (self.bundled is None):
+            raise ValueError(f"model {self.id!r}: set exactly one of `path` or `bundled`")
+        if self.parallel > self.context_size:
+            raise ValueError(f"model {self.id!r}: `parallel` cannot exceed `context_size`")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [self.id, *self.aliases]
+
+
+class ServerConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
+    )
+    retry_after_seconds: int = Field(
+        default=1, ge=1, description="Retry-After sent with 429 when a model's queue is full."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+
+
+def default_models() -> list[ModelConfig]:
+    return [ModelConfig(id=DEFAULT_MODEL_ID, bundled=DEFAULT_MODEL_ID)]
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one HelixFlow process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HELIXFLOW_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    models: list[ModelConfig] = Field(default_factory=default_models, min_length=1)
+    data_dir: Path = Field(default=Path.home() / ".helixflow", description="State files.")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: set[str] = set()
+        for model in models:
+            for name in model.names:
+                if name in seen:
+                    raise ValueError(f"model name {name!r} is used twice")
+                seen.add(name)
+        return models
+
+
+def _settings_class(config_file: Path | None) -> type[Settings]:
+    """A Settings subclass that also reads ``config_file`` (below env vars in precedence)."""
+
+    class FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            return tuple(sources)
+
+    return FileSettings
+
+
+class ConfigFileError(ValueError):
+    """The configuration file is missing or unreadable."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from defaults, the YAML file, the environment and ``overrides``."""
+    if config_file is None and os.environ.get(CONFIG_ENV_VAR):
+        config_file = Path(os.environ[CONFIG_ENV_VAR])
+    if config_file is not None and not config_file.is_file():
+        raise ConfigFileError(f"configuration file not found: {config_file}")
+    cls = _settings_class(config_file)
+    settings = cls(**{k: v for k, v in overrides.items() if v is not None})
+    return Settings.model_validate(settings.model_dump())

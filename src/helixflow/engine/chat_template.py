@@ -1,0 +1,119 @@
+"""Chat templates rendered with jinja2, as llama.cpp and transformers do.
+
+The template comes from the GGUF metadata (``tokenizer.chat_template``) or a configured
+override. It runs in jinja2's immutable sandbox with the helpers HF templates rely on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from helixflow.errors import InvalidRequestError
+
+# Used when a GGUF carries no template: the instruct format of its architecture, else ChatML.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set prefix = messages[0]['content'] + '\\n\\n' %}{% set turns = messages[1:] %}"
+    "{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "{{ '<start_of_turn>' + role + '\\n' + (prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+_ARCHITECTURE_TEMPLATES: dict[str, str] = {
+    "gemma": GEMMA_TEMPLATE,
+    "gemma2": GEMMA_TEMPLATE,
+    "gemma3": GEMMA_TEMPLATE,
+}
+
+
+def fallback_template(architecture: str | None) -> str:
+    """The template to use for a GGUF that carries none."""
+    return _ARCHITECTURE_TEMPLATES.get(architecture or "", CHATML_TEMPLATE)
+
+
+class TemplateRaisedError(InvalidRequestError):
+    """The chat template itself rejected the conversation (``raise_exception``)."""
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateRaisedError(f"The model's chat template rejected the messages: {message}",
+                              param="messages", code="invalid_messages")
+
+
+def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False,
+            sort_keys: bool = False) -> str:
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def load_template_source(value: str) -> str:
+    """A configured override is a file path when such a file exists, else inline text."""
+    if "{" not in value and len(value) < 4096:
+        path = Path(value).expanduser()
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    return value
+
+
+class ChatTemplate:
+    """A compiled chat template plus the special tokens it may refer to."""
+
+    def __init__(self, source: str, *, bos_token: str, eos_token: str) -> None:
+        self.source = source
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+
+    @cached_property
+    def _template(self) -> Any:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = _tojson
+        env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = _strftime_now
+        return env.from_string(self.source)
+
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        try:
+            return str(self._template.render(
+                messages=[dict(m) for m in messages],
+                tools=list(tools) if tools else None,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+            ))
+        except InvalidRequestError:
+            raise
+        except TemplateError as exc:
+            raise InvalidRequestError(
+                f"The conversation could not be rendered with the model's chat template: {exc}",
+                param="messages", code="invalid_messages",
+            ) from exc

@@ -1,0 +1,458 @@
+"""Continuous batching on one llama.cpp context, driven by a dedicated decode thread.
+
+Each step makes ONE ``llama_decode`` call holding a token for every decoding sequence plus a
+bounded chunk of prompt tokens (chunked prefill), so new requests join between steps and long
+prompts never freeze running streams. All sequences share one KV budget (a unified cache):
+
+* a new request takes the free slot whose cached tokens share the longest prefix with its
+  prompt, or copies that prefix from any other slot (``llama_memory_seq_cp``), and only
+  computes the rest;
+* ``n > 1`` computes the prompt once and copies its KV into the sibling sequences;
+* when the cache is full, idle cached prefixes are dropped first, then the youngest running
+  sequence is preempted and later recomputed (its output so far is kept).
+
+Asyncio talks to this thread through an inbox (submit / cancel) and per-request asyncio queues
+fed with ``loop.call_soon_threadsafe`` once per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from dataclasses import dataclass
+
+import llama_cpp
+
+from helixflow.engine.base import Delta, EngineStats, TokenLogprob
+from helixflow.engine.llamacpp.model import LlamaModel
+from helixflow.engine.llamacpp.sampling import (
+    SamplerChain,
+    log_softmax,
+    logits_at,
+    token_logprob,
+)
+from helixflow.engine.llamacpp.sequence import (
+    Group,
+    Phase,
+    Sequence,
+    Slot,
+    common_prefix_len,
+)
+from helixflow.engine.text import StopMatcher
+from helixflow.errors import EngineError, QueueFullError
+
+log = logging.getLogger(__name__)
+
+_IDLE_WAIT_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerOptions:
+    model_id: str
+    parallel: int
+    batch_size: int
+    prefill_chunk: int
+    max_queue: int
+    prefix_cache: bool
+    retry_after_s: int
+
+
+@dataclass(slots=True)
+class _BatchEntry:
+    seq: Sequence
+    start: int  # index in seq.tokens of the first token fed this step
+    count: int
+    first_row: int  # batch row of the first token
+    wants_sample: bool
+
+
+class Scheduler:
+    """Owns the decode thread; every llama.cpp context call after loading happens there."""
+
+    def __init__(self, model: LlamaModel, options: SchedulerOptions,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._model = model
+        self._opts = options
+        self._loop = loop
+        self._slots = [Slot(seq_id=i) for i in range(options.parallel)]
+        self._waiting: collections.deque[Group] = collections.deque()
+        self._running: list[Sequence] = []
+        self._lock = threading.Lock()
+        self._inbox: collections.deque[Group] = collections.deque()
+        self._cancels: collections.deque[str] = collections.deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._queued = 0  # submitted and not yet admitted (guarded by _lock)
+        self._clock = 0
+        self._batch = llama_cpp.llama_batch_init(options.batch_size, 0, 1)
+        self._outbox: list[tuple[Group, list[Delta] | BaseException]] = []
+        self._steps = 0
+        self._tokens_generated = 0
+        self._prompt_processed = 0
+        self._prompt_reused = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"decode-{options.model_id}", daemon=True
+        )
+
+    # -- called from asyncio -------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        llama_cpp.llama_batch_free(self._batch)
+
+    def submit(self, group: Group) -> None:
+        """Queue a request; raises :class:`QueueFullError` past the waiting limit."""
+        with self._lock:
+            free = sum(1 for s in self._slots if s.owner is None)
+            if self._queued >= self._opts.max_queue and self._queued + group.request.n > free:
+                raise QueueFullError(self._opts.model_id, self._queued,
+                                     retry_after=self._opts.retry_after_s)
+            self._queued += 1
+            self._inbox.append(group)
+        self._wake.set()
+
+    def cancel(self, request_id: str) -> None:
+        self._cancels.append(request_id)
+        self._wake.set()
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            queued = self._queued
+        used = min(sum(len(s.tokens) for s in self._slots), self._model.n_ctx)
+        return EngineStats(
+            active_sequences=sum(1 for s in self._slots if s.owner is not None),
+            queued_requests=queued,
+            kv_cells_used=used,
+            kv_cells_total=self._model.n_ctx,
+            steps=self._steps,
+            tokens_generated=self._tokens_generated,
+            prompt_tokens_processed=self._prompt_processed,
+            prompt_tokens_reused=self._prompt_reused,
+        )
+
+    # -- the decode thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._drain_inbox()
+                self._admit()
+                if not self._running:
+                    self._flush_outbox()
+                    self._wake.wait(_IDLE_WAIT_S)
+                    self._wake.clear()
+                    continue
+                self._step()
+            except Exception as exc:  # never let the thread die: fail what was running
+                log.exception("decode step failed on %s", self._opts.model_id)
+                self._fail_all(EngineError(f"inference failed: {exc}"))
+            self._flush_outbox()
+        self._fail_all(EngineError("the engine is shutting down", code="engine_stopped"))
+        self._flush_outbox()
+
+    def _drain_inbox(self) -> None:
+        while self._inbox:
+            self._waiting.append(self._inbox.popleft())
+        cancelled: set[str] = set()
+        while self._cancels:
+            cancelled.add(self._cancels.popleft())
+        if not cancelled:
+            return
+        for group in [g for g in self._waiting if g.request_id in cancelled]:
+            self._waiting.remove(group)
+            self._dequeued()
+        for seq in [s for s in self._running if s.group.request_id in cancelled]:
+            self._finish(seq, "cancelled")
+
+    def _dequeued(self) -> None:
+        with self._lock:
+            self._queued -= 1
+
+    def _admit(self) -> None:
+        while self._waiting:
+            group = self._waiting[0]
+            free = [s for s in self._slots if s.owner is None]
+            if len(free) < group.request.n:
+                return
+            self._waiting.popleft()
+            self._dequeued()
+            self._start_group(group, free)
+
+    def _start_group(self, group: Group, free: list[Slot]) -> None:
+        request = group.request
+        prompt = request.prompt_tokens
+        self._clock += 1
+        first_slot, reused = self._place_prompt(prompt, free, request.prompt_logprobs is not None)
+        free.remove(first_slot)
+        free.sort(key=lambda s: s.last_used)  # siblings take the least useful caches
+        seqs: list[Sequence] = []
+        for index in range(request.n):
+            slot = first_slot if index == 0 else free.pop(0)
+            seed = request.sampling.seed
+            seq = Sequence(
+                group=group,
+                index=index,
+                slot=slot,
+                tokens=list(prompt),
+                max_tokens=request.sampling.max_tokens,
+                sampler=SamplerChain(self._model, request.sampling,
+                                     None if seed is None else seed + index),
+                admitted=self._clock,
+                stop=StopMatcher(request.sampling.stop),
+            )
+            slot.owner = seq
+            slot.last_used = self._clock
+            if index == 0:
+                seq.n_past = seq.cached_tokens = reused
+                seq.prompt_logprobs_done = request.prompt_logprobs is None
+            else:
+                seq.parent = seqs[0]
+                seq.phase = Phase.WAITING_PARENT
+                seq.prompt_logprobs_done = True
+            seqs.append(seq)
+        group.sequences = seqs
+        self._running.extend(seqs)
+        self._prompt_reused += reused
+
+    def _place_prompt(self, prompt: list[int], free: list[Slot],
+                      no_reuse: bool) -> tuple[Slot, int]:
+        """Pick a free slot for ``prompt`` and bring the longest cached prefix into it."""
+        mem = self._model.memory
+        if no_reuse or not self._opts.prefix_cache:
+            slot = min(free, key=lambda s: s.last_used)
+            self._clear_slot(slot)
+            return slot, 0
+        best_free = max(free, key=lambda s: (common_prefix_len(s.tokens, prompt), -s.last_used))
+        best_free_len = common_prefix_len(best_free.tokens, prompt)
+        source = max(self._slots, key=lambda s: common_prefix_len(s.tokens, prompt))
+        source_len = common_prefix_len(source.tokens, prompt)
+        limit = len(prompt) - 1  # the last prompt token is always fed, for its logits
+        if source_len > best_free_len and min(source_len, limit) > 0:
+            target = (best_free if best_free_len == 0
+                      else min(free, key=lambda s: s.last_used))
+            reuse = min(source_len, limit)
+            self._clear_slot(target)
+            llama_cpp.llama_memory_seq_cp(mem, source.seq_id, target.seq_id, 0, reuse)
+            target.tokens = prompt[:reuse]
+            return target, reuse
+        reuse = min(best_free_len, limit)
+        if not llama_cpp.llama_memory_seq_rm(mem, best_free.seq_id, reuse, -1):
+            self._clear_slot(best_free)
+            return best_free, 0
+        del best_free.tokens[reuse:]
+        return best_free, reuse
+
+    def _clear_slot(self, slot: Slot) -> None:
+        llama_cpp.llama_memory_seq_rm(self._model.memory, slot.seq_id, -1, -1)
+        slot.tokens = []
+
+    # -- one step ------------------------------------------------------------------------------
+    def _step(self) -> None:
+        while True:
+            entries = self._build_batch()
+            if not entries:
+                return
+            rc = llama_cpp.llama_decode(self._model.ctx, self._batch)
+            if rc == 0:
+                break
+            if rc == 1 and self._make_room(entries):
+                continue  # the cache state was restored; retry with more room
+            raise EngineError(f"llama_decode returned {rc}", code="decode_failed")
+        self._steps += 1
+        for entry in entries:
+            self._after_decode(entry)
+
+    def _build_batch(self) -> list[_BatchEntry]:
+        batch = self._batch
+        entries: list[_BatchEntry] = []
+        row = 0
+        decoding = [s for s in self._running if s.phase is Phase.RUNNING and s.pending == 1]
+        prefilling = [s for s in self._running if s.phase is Phase.RUNNING and s.pending > 1]
+        capacity = self._opts.batch_size
+        prefill_budget = max(self._opts.prefill_chunk, capacity - len(decoding))
+        prefill_budget = min(prefill_budget, capacity - len(decoding), self._opts.prefill_chunk)
+        if not decoding:
+            prefill_budget = capacity
+        plan: list[tuple[Sequence, int]] = [(s, 1) for s in decoding[:capacity]]
+        for seq in sorted(prefilling, key=lambda s: s.admitted):
+            if prefill_budget <= 0:
+                break
+            count = min(seq.pending, prefill_budget)
+            plan.append((seq, count))
+            prefill_budget -= count
+        for seq, count in plan:
+            start = seq.n_past
+            wants_sample = start + count == len(seq.tokens)
+            all_logits = not seq.prompt_logprobs_done
+            seq_id = seq.seq_id
+            for offset in range(count):
+                batch.token[row + offset] = seq.tokens[start + offset]
+                batch.pos[row + offset] = start + offset
+                batch.n_seq_id[row + offset] = 1
+                batch.seq_id[row + offset][0] = seq_id
+                batch.logits[row + offset] = all_logits
+            if wants_sample:
+                batch.logits[row + count - 1] = True
+            entries.append(_BatchEntry(seq, start, count, row, wants_sample))
+            row += count
+        batch.n_tokens = row
+        return entries
+
+    def _make_room(self, entries: list[_BatchEntry]) -> bool:
+        """Free KV cells after a full-cache failure. False when nothing more can be freed."""
+        idle = [s for s in self._slots if s.owner is None and s.tokens]
+        if idle:
+            for slot in idle:
+                self._clear_slot(slot)
+            log.debug("%s: dropped %d idle cached prefixes", self._opts.model_id, len(idle))
+            return True
+        running = [s for s in self._running if s.phase is Phase.RUNNING and s.n_past > 0]
+        if len(running) <= 1:
+            for seq in running or [e.seq for e in entries]:
+                self._finish(seq, "length")
+            return bool(self._running)
+        victim = max(running, key=lambda s: (s.admitted, s.index))
+        log.info("%s: KV cache full, preempting request %s (recomputed later)",
+                 self._opts.model_id, victim.group.request_id)
+        self._clear_slot(victim.slot)
+        victim.n_past = 0
+        return True
+
+    def _after_decode(self, entry: _BatchEntry) -> None:
+        seq = entry.seq
+        fed = seq.tokens[entry.start: entry.start + entry.count]
+        seq.slot.tokens.extend(fed)
+        seq.n_past += entry.count
+        if seq.generated == 0:
+            self._prompt_processed += entry.count
+        if not seq.prompt_logprobs_done:
+            self._emit_prompt_logprobs(entry)
+        if not entry.wants_sample:
+            return
+        row = entry.first_row + entry.count - 1
+        siblings = [s for s in seq.group.sequences if s.parent is seq
+                    and s.phase is Phase.WAITING_PARENT]
+        for sibling in siblings:
+            self._fork(seq, sibling)
+        for target in (seq, *siblings):
+            self._sample(target, row)
+
+    def _fork(self, parent: Sequence, child: Sequence) -> None:
+        """Give ``child`` the parent's prompt KV (shared cells in the unified cache)."""
+        self._clear_slot(child.slot)
+        llama_cpp.llama_memory_seq_cp(self._model.memory, parent.seq_id, child.seq_id, -1, -1)
+        child.slot.tokens = list(parent.slot.tokens)
+        child.n_past = parent.n_past
+        child.cached_tokens = parent.cached_tokens
+        child.phase = Phase.RUNNING
+        child.parent = None
+
+    def _sample(self, seq: Sequence, row: int) -> None:
+        model = self._model
+        token = seq.sampler.sample(model.ctx, row)
+        sampling = seq.group.request.sampling
+        if model.is_eog(token) and not sampling.ignore_eos:
+            self._finish(seq, "stop")
+            return
+        seq.tokens.append(token)
+        seq.generated += 1
+        self._tokens_generated += 1
+        logprobs: list[TokenLogprob] | None = None
+        if sampling.logprobs is not None:
+            scores = log_softmax(logits_at(model, row))
+            logprobs = [token_logprob(model, scores, token, sampling.logprobs)]
+        text = seq.stop.push(seq.utf8.push(model.token_bytes(token)))
+        if seq.stop.stopped:
+            self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token],
+                                  logprobs=logprobs))
+            self._finish(seq, "stop")
+        elif seq.generated >= seq.max_tokens or len(seq.tokens) >= model.n_ctx:
+            self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token],
+                                  logprobs=logprobs))
+            self._finish(seq, "length")
+        else:
+            self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token],
+                                  logprobs=logprobs))
+
+    def _emit_prompt_logprobs(self, entry: _BatchEntry) -> None:
+        seq = entry.seq
+        model = self._model
+        top_n = seq.group.request.prompt_logprobs or 0
+        out: list[TokenLogprob] = []
+        if entry.start == 0:
+            first = seq.tokens[0]
+            out.append(TokenLogprob(first, model.token_text(first), model.token_bytes(first),
+                                    None))
+        prompt_len = len(seq.group.request.prompt_tokens)
+        for offset in range(entry.count):
+            pos = entry.start + offset
+            if pos + 1 >= prompt_len:
+                break
+            scores = log_softmax(logits_at(model, entry.first_row + offset))
+            out.append(token_logprob(model, scores, seq.tokens[pos + 1], top_n))
+        if entry.start + entry.count >= prompt_len:
+            seq.prompt_logprobs_done = True
+        self._emit(seq, Delta(index=seq.index, prompt_logprobs=out))
+
+    # -- output --------------------------------------------------------------------------------
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        if seq.phase is Phase.FINISHED:
+            return
+        tail = seq.stop.push(seq.utf8.flush()) + seq.stop.flush()
+        seq.phase = Phase.FINISHED
+        seq.sampler.close()
+        self._running.remove(seq)
+        slot = seq.slot
+        slot.owner = None
+        slot.last_used = self._clock
+        if seq.parent is not None or seq.n_past == 0:
+            self._clear_slot(slot)
+        self._emit(seq, Delta(index=seq.index, text=tail, finish_reason=reason,  # type: ignore[arg-type]
+                              completion_tokens=seq.generated, cached_tokens=seq.cached_tokens))
+
+    def _emit(self, seq: Sequence, delta: Delta) -> None:
+        group = seq.group
+        if group.cancelled:
+            return
+        if self._outbox and self._outbox[-1][0] is group:
+            pending = self._outbox[-1][1]
+            if isinstance(pending, list):
+                pending.append(delta)
+                return
+        self._outbox.append((group, [delta]))
+
+    def _fail_all(self, error: BaseException) -> None:
+        """End every running and waiting request with ``error`` (their slots are cleared)."""
+        failed: dict[int, Group] = {}
+        for seq in list(self._running):
+            failed[id(seq.group)] = seq.group
+            self._running.remove(seq)
+            seq.phase = Phase.FINISHED
+            seq.sampler.close()
+            seq.slot.owner = None
+            self._clear_slot(seq.slot)
+        while self._waiting:
+            group = self._waiting.popleft()
+            self._dequeued()
+            failed[id(group)] = group
+        for group in failed.values():
+            self._outbox.append((group, error))
+
+    def _flush_outbox(self) -> None:
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        try:
+            self._loop.call_soon_threadsafe(_deliver, outbox)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+
+def _deliver(outbox: list[tuple[Group, list[Delta] | BaseException]]) -> None:
+    for group, item in outbox:
+        group.sink.put_nowait(item)

@@ -1,0 +1,134 @@
+"""One hierarchy of typed errors, rendered in one place as OpenAI's error envelope.
+
+``{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}``
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HelixFlowError(Exception):
+    """Base class: every error a client may see carries its HTTP status and envelope fields."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = headers or {}
+
+    def envelope(self) -> dict[str, Any]:
+        return error_envelope(self.message, self.error_type, self.param, self.code)
+
+
+def error_envelope(
+    message: str, error_type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+class InvalidRequestError(HelixFlowError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    default_code = "context_length_exceeded"
+
+
+class AuthenticationError(HelixFlowError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(HelixFlowError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class NotFoundError(HelixFlowError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    default_code = "model_not_found"
+
+    def __init__(self, model: str, *, param: str | None = "model") -> None:
+        super().__init__(f"The model '{model}' does not exist or you do not have access to it.",
+                         param=param)
+
+
+class MethodNotAllowedError(HelixFlowError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class PayloadTooLargeError(HelixFlowError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class UnsupportedMediaTypeError(HelixFlowError):
+    status_code = 415
+    error_type = "invalid_request_error"
+    default_code = "unsupported_media_type"
+
+
+class RateLimitError(HelixFlowError):
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: int, code: str = "rate_limit_exceeded") -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
+class QueueFullError(RateLimitError):
+    """Every slot is busy and the waiting queue is at its limit."""
+
+    def __init__(self, model: str, queued: int, *, retry_after: int) -> None:
+        super().__init__(
+            f"Model '{model}' is at capacity ({queued} requests already queued); "
+            f"retry after {retry_after}s.",
+            retry_after=retry_after,
+            code="queue_full",
+        )
+
+
+class ClientDisconnectedError(HelixFlowError):
+    """The client went away; nobody will read this reply (logged as 499)."""
+
+    status_code = 499
+    error_type = "invalid_request_error"
+    default_code = "client_closed_request"
+
+
+class EngineError(HelixFlowError):
+    """The inference engine failed for a reason that is not the client's."""
+
+    status_code = 500
+    error_type = "server_error"
+    default_code = "engine_error"
+
+
+class ServiceUnavailableError(HelixFlowError):
+    status_code = 503
+    error_type = "server_error"
+    default_code = "service_unavailable"

@@ -1,0 +1,15 @@
+"""Process-wide logging setup (called once by the CLI)."""
+
+from __future__ import annotations
+
+import logging
+
+from rich.logging import RichHandler
+
+
+def configure_logging(level: str = "info") -> None:
+    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    logging.basicConfig(level=level.upper(), format="%(name)s: %(message)s", datefmt="[%X]",
+                        handlers=[handler], force=True)
+    for noisy in ("uvicorn.access", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
