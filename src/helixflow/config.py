@@ -34,10 +34,11 @@ class ModelConfig(BaseModel):
     )
     aliases: list[str] = Field(default_factory=list, description="Other names for this model.")
     context_size: int = Field(
-        default=8192,
-        ge=64,
-        le=1 << 20,
-        description="Total KV-cache budget in tokens, shared by all parallel sequences.",
+        default=16384,
+        ge=256,
+        le=1 << 22,
+        description="Total KV-cache budget in tokens for all parallel sequences. Each "
+        "sequence may use context_size / parallel (rounded up to 256) unless kv_unified.",
     )
     parallel: int = Field(default=8, ge=1, le=256, description="Maximum parallel sequences.")
     batch_size: int = Field(
@@ -63,8 +64,20 @@ class ModelConfig(BaseModel):
         default=None,
         description="Jinja chat template overriding the GGUF's own: inline text or a file path.",
     )
+    kv_unified: bool = Field(
+        default=False,
+        description="One KV pool that any sequence may fill up to context_size (idle prefixes "
+        "are dropped and the youngest sequence preempted when it runs out). Off by default: "
+        "llama.cpp's results then depend on where cells sit in the pool, so a temperature-0 "
+        "reply could change with server history.",
+    )
     prefix_cache: bool = Field(
         default=True, description="Reuse KV of matching prompt prefixes between requests."
+    )
+    flash_attention: Literal["auto", "on", "off"] = Field(
+        default="off",
+        description="llama.cpp flash attention. 'off' keeps temperature-0 replies identical "
+        "whether or not a cached prefix was reused.",
     )
     owned_by: str = "helixflow"
 
@@ -72,8 +85,9 @@ class ModelConfig(BaseModel):
     def _one_source(self) -> ModelConfig:
         if (self.path is None) == (self.bundled is None):
             raise ValueError(f"model {self.id!r}: set exactly one of `path` or `bundled`")
-        if self.parallel > self.context_size:
-            raise ValueError(f"model {self.id!r}: `parallel` cannot exceed `context_size`")
+        if self.context_size // self.parallel < 64:
+            raise ValueError(f"model {self.id!r}: context_size / parallel must leave at least "
+                             "64 tokens per sequence")
         return self
 
     @property

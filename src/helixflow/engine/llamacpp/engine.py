@@ -48,6 +48,8 @@ class LlamaCppEngine:
             parallel=cfg.parallel,
             batch_size=max(cfg.batch_size, cfg.parallel),
             threads=cfg.threads or default_threads(),
+            unified_kv=cfg.kv_unified,
+            flash_attention={"auto": None, "on": True, "off": False}[cfg.flash_attention],
         )
         model = await asyncio.to_thread(LlamaModel, path, options)
         self._model = model
@@ -65,7 +67,7 @@ class LlamaCppEngine:
         )
         self._info = EngineInfo(
             model_id=cfg.id,
-            context_size=model.n_ctx,
+            context_size=model.n_ctx_seq,
             train_context_size=model.n_ctx_train,
             parallel=cfg.parallel,
             vocab_size=model.n_vocab,

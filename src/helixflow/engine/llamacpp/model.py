@@ -28,7 +28,13 @@ class ContextOptions:
     parallel: int
     batch_size: int
     threads: int
-    unified_kv: bool = True
+    unified_kv: bool = False
+    """False: each sequence owns context_size / parallel cells (llama.cpp streams), so its
+    numerics never depend on what else is cached. True: one pool any sequence may fill."""
+    flash_attention: bool | None = False
+    """None lets llama.cpp decide. Off by default: llama.cpp's CPU flash-attention kernel sums
+    in an order that depends on where a sequence's cells sit in the cache, so a reused prefix
+    could change a temperature-0 reply."""
 
 
 class LlamaModel:
@@ -61,6 +67,11 @@ class LlamaModel:
         # anywhere (needed for prefix reuse on models with SWA layers, e.g. Gemma 3).
         ctx_params.swa_full = True
         ctx_params.no_perf = True
+        ctx_params.flash_attn_type = {
+            None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[options.flash_attention]
         ctx = llama_cpp.llama_init_from_model(model, ctx_params)
         if not ctx:
             llama_cpp.llama_model_free(model)
@@ -71,6 +82,7 @@ class LlamaModel:
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.n_ctx: int = llama_cpp.llama_n_ctx(ctx)
+        self.n_ctx_seq: int = llama_cpp.llama_n_ctx_seq(ctx)
         self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(model)
         self.bos_id: int = llama_cpp.llama_vocab_bos(self._vocab)
         self.eos_id: int = llama_cpp.llama_vocab_eos(self._vocab)
@@ -79,8 +91,9 @@ class LlamaModel:
         self._eog_cache: dict[int, bool] = {}
         self.fingerprint = _file_fingerprint(path)
         log.info(
-            "loaded %s (%s, n_ctx=%d, n_seq_max=%d, threads=%d)",
-            path.name, self.description, self.n_ctx, options.parallel, options.threads,
+            "loaded %s (%s, n_ctx=%d, %d per sequence, n_seq_max=%d, threads=%d)",
+            path.name, self.description, self.n_ctx, self.n_ctx_seq, options.parallel,
+            options.threads,
         )
 
     # -- raw handles for the scheduler -------------------------------------------------------

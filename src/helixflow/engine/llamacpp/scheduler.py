@@ -2,14 +2,16 @@
 
 Each step makes ONE ``llama_decode`` call holding a token for every decoding sequence plus a
 bounded chunk of prompt tokens (chunked prefill), so new requests join between steps and long
-prompts never freeze running streams. All sequences share one KV budget (a unified cache):
+prompts never freeze running streams. All sequences share one KV budget, either split evenly
+into per-sequence streams (the default) or as one unified pool:
 
 * a new request takes the free slot whose cached tokens share the longest prefix with its
   prompt, or copies that prefix from any other slot (``llama_memory_seq_cp``), and only
   computes the rest;
 * ``n > 1`` computes the prompt once and copies its KV into the sibling sequences;
-* when the cache is full, idle cached prefixes are dropped first, then the youngest running
-  sequence is preempted and later recomputed (its output so far is kept).
+* with a unified pool, when the cache is full, idle cached prefixes are dropped first, then
+  the youngest running sequence is preempted and later recomputed (its output so far is kept);
+  with per-sequence streams a sequence ends with ``length`` when its own share is full.
 
 Asyncio talks to this thread through an inbox (submit / cancel) and per-request asyncio queues
 fed with ``loop.call_soon_threadsafe`` once per step.
@@ -237,7 +239,12 @@ class Scheduler:
                       else min(free, key=lambda s: s.last_used))
             reuse = min(source_len, limit)
             self._clear_slot(target)
-            llama_cpp.llama_memory_seq_cp(mem, source.seq_id, target.seq_id, 0, reuse)
+            # Whole-sequence copies work in both cache layouts (across per-sequence streams
+            # llama.cpp copies the buffer); the unneeded tail is then dropped.
+            llama_cpp.llama_memory_seq_cp(mem, source.seq_id, target.seq_id, -1, -1)
+            if not llama_cpp.llama_memory_seq_rm(mem, target.seq_id, reuse, -1):
+                self._clear_slot(target)
+                return target, 0
             target.tokens = prompt[:reuse]
             return target, reuse
         reuse = min(best_free_len, limit)
@@ -305,6 +312,11 @@ class Scheduler:
 
     def _make_room(self, entries: list[_BatchEntry]) -> bool:
         """Free KV cells after a full-cache failure. False when nothing more can be freed."""
+        if not self._model.options.unified_kv:
+            # Each sequence owns its cells: only the one that outgrew them can give way.
+            longest = max(entries, key=lambda e: e.start + e.count).seq
+            self._finish(longest, "length")
+            return bool(self._running)
         idle = [s for s in self._slots if s.owner is None and s.tokens]
         if idle:
             for slot in idle:
@@ -343,7 +355,8 @@ class Scheduler:
             self._sample(target, row)
 
     def _fork(self, parent: Sequence, child: Sequence) -> None:
-        """Give ``child`` the parent's prompt KV (shared cells in the unified cache)."""
+        """Give ``child`` the parent's prompt KV (shared cells in a unified pool, a buffer copy
+        between per-sequence streams)."""
         self._clear_slot(child.slot)
         llama_cpp.llama_memory_seq_cp(self._model.memory, parent.seq_id, child.seq_id, -1, -1)
         child.slot.tokens = list(parent.slot.tokens)
@@ -371,7 +384,7 @@ class Scheduler:
             self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token],
                                   logprobs=logprobs))
             self._finish(seq, "stop")
-        elif seq.generated >= seq.max_tokens or len(seq.tokens) >= model.n_ctx:
+        elif seq.generated >= seq.max_tokens or len(seq.tokens) >= model.n_ctx_seq:
             self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token],
                                   logprobs=logprobs))
             self._finish(seq, "length")

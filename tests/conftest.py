@@ -1,0 +1,115 @@
+"""Shared fixtures: a real HelixFlow server in a subprocess, on a free port, with real models."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+CHAT_MODELS = ["smollm2-135m", "gemma3-270m"]
+QUEUE_MODEL = "smollm2-queue"  # one slot and no waiting room: for 429 tests
+SMALL_KV_MODEL = "smollm2-small-kv"  # a tiny shared KV budget: for preemption tests
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(self, config: dict[str, object], workdir: Path, name: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        config_path = workdir / f"{name}.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / f"{name}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HELIXFLOW_")}
+        env["HELIXFLOW_DATA_DIR"] = str(workdir / "data")
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "helixflow", "serve", "--config", str(config_path),
+             "--port", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.base_url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready in {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server with both chat models plus two small-capacity variants of SmolLM2."""
+    config = {
+        "server": {"max_body_bytes": 256 * 1024, "log_level": "info"},
+        "models": [
+            {"id": "smollm2-135m", "bundled": "smollm2-135m", "aliases": ["smollm2"],
+             "parallel": 8, "context_size": 16384},
+            {"id": "gemma3-270m", "bundled": "gemma3-270m", "parallel": 8,
+             "context_size": 16384},
+            {"id": QUEUE_MODEL, "bundled": "smollm2-135m", "parallel": 1,
+             "context_size": 1024, "max_queue": 0},
+            {"id": SMALL_KV_MODEL, "bundled": "smollm2-135m", "parallel": 4,
+             "context_size": 256, "prefill_chunk": 16},
+        ],
+    }
+    proc = ServerProcess(config, tmp_path_factory.mktemp("server"), "main")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(server: ServerProcess) -> str:
+    return server.base_url
+
+
+@pytest.fixture(scope="session")
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0,
+                         timeout=120)
+
+
+@pytest.fixture(scope="session")
+def http(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=120) as c:
+        yield c
+
+
+def wait_idle(http: httpx.Client, model: str, timeout: float = 15.0) -> dict[str, object]:
+    """Poll /ready until ``model`` has no active or queued sequences."""
+    deadline = time.monotonic() + timeout
+    entry: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        entry = next(m for m in http.get("/ready").json()["models"] if m["id"] == model)
+        if entry["active_sequences"] == 0 and entry["queued_requests"] == 0:
+            return entry
+        time.sleep(0.05)
+    raise AssertionError(f"{model} still busy after {timeout}s: {entry}")
