@@ -25,33 +25,37 @@ class BodyLimitMiddleware:
         if declared is not None and declared > self.max_bytes:
             await self._reject(send, declared)
             return
-        received = 0
-        response_started = False
+        if declared is None:
+            # A chunked upload: read it here, so that an oversized body is a 413 whoever
+            # reads it (FastAPI turns any error raised while it reads the body into a 400).
+            body = await self._read_body(receive)
+            if body is None:
+                return  # the client went away
+            if len(body) > self.max_bytes:
+                await self._reject(send, None)
+                return
+            receive = _replay(body, receive)
+        await self.app(scope, receive, send)
 
-        async def limited_receive() -> Message:
-            nonlocal received
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or the first bytes past the limit; None if the client left."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge(received)
-            return message
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self.max_bytes or not message.get("more_body", False):
+                return b"".join(chunks)
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge as exc:
-            if not response_started:
-                await self._reject(send, exc.size)
-
-    async def _reject(self, send: Send, size: int) -> None:
+    async def _reject(self, send: Send, size: int | None) -> None:
+        """``size``: the declared Content-Length, None for a chunked upload."""
+        of = f" of {size} bytes" if size is not None else ""
         error = PayloadTooLargeError(
-            f"Request body of {size} bytes exceeds the limit of {self.max_bytes} bytes.")
+            f"Request body{of} exceeds the limit of {self.max_bytes} bytes.")
         body = orjson.dumps(error.envelope())
         await send({"type": "http.response.start", "status": error.status_code,
                     "headers": [(b"content-type", b"application/json"),
@@ -60,10 +64,18 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    def __init__(self, size: int) -> None:
-        super().__init__(size)
-        self.size = size
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands out ``body`` once, then defers to the real one."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def _content_length(scope: Scope) -> int | None:

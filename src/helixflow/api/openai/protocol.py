@@ -7,13 +7,42 @@ ignored for forward compatibility with newer clients.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 MAX_STOP_SEQUENCES = 16
 MAX_N = 64
 LOGIT_BIAS_LIMIT = 100.0
+_TOKEN_ID = re.compile(r"-?[0-9]{1,18}")
+
+
+def invalid(param: str, message: str) -> PydanticCustomError:
+    """A validation error of a whole request that names the field at fault (its ``param``)."""
+    return PydanticCustomError("value_error", message, {"param": param})
+
+
+def unpaired_surrogate(data: Any) -> str | None:
+    """The path of the first string in ``data`` that is not valid Unicode (JSON may spell a lone
+    UTF-16 surrogate such as ``"\\ud800"``, which no tokenizer can encode), else None."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return path
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                stack.append((path, key))
+                stack.append((f"{path}.{key}" if path else str(key), item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
 
 
 class _Request(BaseModel):
@@ -129,16 +158,26 @@ class SamplingFields(_Request):
         if value is None:
             return None
         for key, bias in value.items():
-            if not key.lstrip("-").isdigit():
-                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+            if not _TOKEN_ID.fullmatch(key):
+                shown = key if len(key) <= 24 else key[:24] + "..."
+                raise ValueError(f"logit_bias keys must be token ids, got {shown!r}")
             if not -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT:
                 raise ValueError(f"logit_bias values must be within [-100, 100], got {bias}")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _check_unicode(cls, data: Any) -> Any:
+        path = unpaired_surrogate(data) if isinstance(data, dict) else None
+        if path is not None:
+            raise invalid(path, "the text is not valid Unicode (it holds an unpaired surrogate)")
+        return data
+
     @model_validator(mode="after")
     def _check_stream_options(self) -> SamplingFields:
         if self.stream_options is not None and not self.stream:
-            raise ValueError("`stream_options` is only allowed when `stream` is true")
+            raise invalid("stream_options",
+                          "`stream_options` is only allowed when `stream` is true")
         return self
 
     @property
@@ -164,7 +203,7 @@ class ChatCompletionRequest(SamplingFields):
     @model_validator(mode="after")
     def _check_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("`top_logprobs` requires `logprobs` to be true")
+            raise invalid("top_logprobs", "`top_logprobs` requires `logprobs` to be true")
         return self
 
     @property
@@ -197,9 +236,9 @@ class CompletionRequest(SamplingFields):
     @model_validator(mode="after")
     def _check_best_of(self) -> CompletionRequest:
         if self.best_of is not None and self.best_of != self.n:
-            raise ValueError("`best_of` different from `n` is not supported")
+            raise invalid("best_of", "`best_of` different from `n` is not supported")
         if self.suffix:
-            raise ValueError("`suffix` (insertion) is not supported by this model")
+            raise invalid("suffix", "`suffix` (insertion) is not supported by this model")
         return self
 
 

@@ -89,6 +89,7 @@ class Scheduler:
         self._queued = 0  # submitted and not yet admitted (guarded by _lock)
         self._clock = 0
         self._batch = llama_cpp.llama_batch_init(options.batch_size, 0, 1)
+        self._unified = model.options.unified_kv
         self._outbox: list[tuple[Group, list[Delta] | BaseException]] = []
         self._steps = 0
         self._tokens_generated = 0
@@ -143,6 +144,7 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 self._drain_inbox()
+                self._resume_preempted()
                 self._admit()
                 if not self._running:
                     self._flush_outbox()
@@ -176,6 +178,8 @@ class Scheduler:
             self._queued -= 1
 
     def _admit(self) -> None:
+        if any(s.phase is Phase.PREEMPTED for s in self._running):
+            return  # preempted sequences go first
         while self._waiting:
             group = self._waiting[0]
             free = [s for s in self._slots if s.owner is None]
@@ -281,17 +285,17 @@ class Scheduler:
         decoding = [s for s in self._running if s.phase is Phase.RUNNING and s.pending == 1]
         prefilling = [s for s in self._running if s.phase is Phase.RUNNING and s.pending > 1]
         capacity = self._opts.batch_size
-        prefill_budget = max(self._opts.prefill_chunk, capacity - len(decoding))
-        prefill_budget = min(prefill_budget, capacity - len(decoding), self._opts.prefill_chunk)
-        if not decoding:
-            prefill_budget = capacity
+        budget = self._opts.prefill_chunk if decoding else capacity
+        budget = min(budget, capacity - len(decoding))
+        if self._unified:
+            budget = min(budget, self._kv_free() - len(decoding))
         plan: list[tuple[Sequence, int]] = [(s, 1) for s in decoding[:capacity]]
         for seq in sorted(prefilling, key=lambda s: s.admitted):
-            if prefill_budget <= 0:
+            if budget <= 0:
                 break
-            count = min(seq.pending, prefill_budget)
+            count = min(seq.pending, budget)
             plan.append((seq, count))
-            prefill_budget -= count
+            budget -= count
         for seq, count in plan:
             start = seq.n_past
             wants_sample = start + count == len(seq.tokens)
@@ -312,7 +316,7 @@ class Scheduler:
 
     def _make_room(self, entries: list[_BatchEntry]) -> bool:
         """Free KV cells after a full-cache failure. False when nothing more can be freed."""
-        if not self._model.options.unified_kv:
+        if not self._unified:
             # Each sequence owns its cells: only the one that outgrew them can give way.
             longest = max(entries, key=lambda e: e.start + e.count).seq
             self._finish(longest, "length")
@@ -333,7 +337,26 @@ class Scheduler:
                  self._opts.model_id, victim.group.request_id)
         self._clear_slot(victim.slot)
         victim.n_past = 0
+        victim.phase = Phase.PREEMPTED
         return True
+
+    def _kv_free(self) -> int:
+        """Free cells of a unified pool (an underestimate: shared prefixes count twice)."""
+        return self._model.n_ctx - sum(len(s.tokens) for s in self._slots)
+
+    def _resume_preempted(self) -> None:
+        preempted = sorted((s for s in self._running if s.phase is Phase.PREEMPTED),
+                           key=lambda s: s.admitted)
+        for seq in preempted:
+            active = [s for s in self._running if s.phase is Phase.RUNNING]
+            headroom = 8 * len(active)
+            if active and self._kv_free() < seq.pending + headroom:
+                return
+            if not active:
+                for slot in self._slots:
+                    if slot.owner is None and slot.tokens:
+                        self._clear_slot(slot)
+            seq.phase = Phase.RUNNING
 
     def _after_decode(self, entry: _BatchEntry) -> None:
         seq = entry.seq

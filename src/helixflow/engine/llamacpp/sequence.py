@@ -14,6 +14,7 @@ from helixflow.engine.text import StopMatcher, Utf8Stream
 class Phase(Enum):
     WAITING_PARENT = "waiting_parent"  # an n>1 sibling waiting for the shared prompt's KV
     RUNNING = "running"
+    PREEMPTED = "preempted"  # its KV was dropped for room; recomputed when room returns
     FINISHED = "finished"
 
 

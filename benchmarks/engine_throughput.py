@@ -1,0 +1,954 @@
+"""Streamed chat throughput of HelixFlow against llama-cpp-python's server and llama-server.
+
+Within one run, on the same GGUF file, this starts each server in turn on a free port of
+127.0.0.1 (never two at once), waits until it is ready, warms it up, then sends streamed
+``/v1/chat/completions`` requests (temperature 0, repeat penalty 1.0, a handful of varied
+short prompts) at each concurrency level from a closed-loop aiohttp load generator: N workers
+keep N requests in flight until the level's requests are done. It stops the server before
+starting the next, prints one table per server and a ratio table against the peers, and
+marks the targets (concurrency 8: >= 2x llama-cpp-python and >= 0.9x llama-server;
+concurrency 1: >= 0.95x llama-cpp-python). It only reports: no threshold fails the run.
+
+Output tokens are counted per request from ``usage.completion_tokens`` where the server
+sends it for ``stream_options.include_usage`` (HelixFlow, llama-server), otherwise as the
+number of non-empty content deltas (llama-cpp-python ignores include_usage). Each table says
+which. As a server-independent cross-check every reply's text is also re-tokenized with the
+GGUF's own vocabulary ("retok tok/s"). llama-server reports one token more than it streamed
+when it stops on end-of-sequence, which slightly favours it.
+
+Is the load generator the bottleneck? ``--servers trivial`` points it at a trivial SSE server
+(this script, in a child process) that streams ``max_tokens`` chunks as fast as it can.
+Measured on the 2-core development machine: about 9,000-10,000 chunks/s at concurrency 16
+(40x what the real servers reach), with the client using ~1 ms of CPU per 10 chunks; the
+"client CPU" column shows what the generator used during each level of the real run.
+
+Set-up: ``pip install sse-starlette starlette-context`` (the pure-Python extras of
+``llama-cpp-python[server]``; do not reinstall llama-cpp-python itself) and
+``benchmarks/build_llama_server.sh`` for llama-server. A missing peer is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, ClassVar
+
+import aiohttp
+import orjson
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_LLAMA_SERVER = REPO_ROOT / ".build" / "llama-server" / "bin" / "llama-server"
+MODEL_NAME = "bench"
+PEERS = ("llama-cpp-python", "llama-server")
+# (concurrency, peer, minimum HelixFlow / peer throughput ratio): the issue's targets.
+TARGETS: tuple[tuple[int, str, float], ...] = (
+    (1, "llama-cpp-python", 0.95),
+    (8, "llama-cpp-python", 2.0),
+    (8, "llama-server", 0.9),
+)
+PROMPTS: tuple[str, ...] = (
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a bicycle stays upright.",
+    "List some tips for growing tomatoes at home.",
+    "What is the difference between weather and climate?",
+    "Describe a busy market in the morning.",
+    "Give me a recipe for a simple vegetable soup.",
+    "Why do cats purr?",
+    "Summarize the water cycle for a ten-year-old.",
+)
+
+# Wide enough for the tables when the output is a pipe or a narrow terminal.
+console = Console(width=max(150, shutil.get_terminal_size().columns))
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+@dataclass(slots=True)
+class RequestResult:
+    ok: bool
+    latency_s: float
+    ttft_s: float | None = None
+    chunks: int = 0
+    usage_tokens: int | None = None
+    finish_reason: str | None = None
+    text: str = ""
+    error: str | None = None
+    retok_tokens: int | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.usage_tokens if self.usage_tokens is not None else self.chunks
+
+
+@dataclass(slots=True)
+class LevelResult:
+    concurrency: int
+    wall_s: float
+    client_cpu_s: float
+    server_cpu_s: float | None
+    results: list[RequestResult]
+
+    def summary(self) -> dict[str, Any]:
+        ok = [r for r in self.results if r.ok]
+        tokens = sum(r.tokens for r in ok)
+        retok = [r.retok_tokens for r in ok]
+        ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
+        latency = [r.latency_s for r in ok]
+        errors = sorted({r.error for r in self.results if r.error})
+        return {
+            "concurrency": self.concurrency,
+            "requests": len(self.results),
+            "ok": len(ok),
+            "errors": errors[:5],
+            "output_tokens": tokens,
+            "content_chunks": sum(r.chunks for r in ok),
+            "usage_reported": sum(r.usage_tokens is not None for r in ok),
+            "usage_vs_chunks_mismatch": sum(
+                r.usage_tokens is not None and r.usage_tokens != r.chunks for r in ok
+            ),
+            "wall_s": round(self.wall_s, 3),
+            "tok_s": round(tokens / self.wall_s, 2) if self.wall_s > 0 else 0.0,
+            "retok_tok_s": (
+                round(sum(t for t in retok if t is not None) / self.wall_s, 2)
+                if ok and None not in retok and self.wall_s > 0
+                else None
+            ),
+            "ttft_p50_ms": _ms(percentile(ttft, 50)),
+            "ttft_p95_ms": _ms(percentile(ttft, 95)),
+            "latency_p50_ms": _ms(percentile(latency, 50)),
+            "latency_p99_ms": _ms(percentile(latency, 99)),
+            "finish_length": sum(r.finish_reason == "length" for r in ok),
+            "client_cpu_pct": round(100 * self.client_cpu_s / self.wall_s, 1),
+            "server_cpu_pct": (
+                round(100 * self.server_cpu_s / self.wall_s, 1)
+                if self.server_cpu_s is not None
+                else None
+            ),
+        }
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (numpy's default method); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of one process (all its threads) from /proc; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass(slots=True)
+class BenchConfig:
+    model: Path
+    concurrency: list[int]
+    requests: int | None
+    max_tokens: int
+    threads: int | None
+    slot_context: int
+    warmup: int
+    ready_timeout: float
+    llama_server_bin: Path
+    log_dir: Path
+
+    @property
+    def parallel(self) -> int:
+        return max(self.concurrency)
+
+    def requests_for(self, concurrency: int) -> int:
+        wanted = self.requests if self.requests is not None else max(8, 2 * concurrency)
+        return max(wanted, concurrency)
+
+
+class ServerKind(ABC):
+    """How to start one kind of server and how to talk to it."""
+
+    name: ClassVar[str]
+    ready_path: ClassVar[str]
+
+    @abstractmethod
+    def command(self, cfg: BenchConfig, port: int) -> list[str]: ...
+
+    def missing(self, cfg: BenchConfig) -> str | None:
+        """Why this server cannot run here, or None."""
+        return None
+
+    def extra_body(self) -> dict[str, Any]:
+        return {}
+
+
+class HelixFlow(ServerKind):
+    name = "helixflow"
+    ready_path = "/ready"
+
+    def command(self, cfg: BenchConfig, port: int) -> list[str]:
+        model: dict[str, Any] = {
+            "id": MODEL_NAME,
+            "path": str(cfg.model),
+            "parallel": cfg.parallel,
+            "context_size": cfg.parallel * cfg.slot_context,
+        }
+        if cfg.threads is not None:
+            model["threads"] = cfg.threads
+        config = {"models": [model], "data_dir": str(cfg.log_dir / "helixflow-data")}
+        config_file = cfg.log_dir / "helixflow.yaml"
+        config_file.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
+        script = Path(sys.executable).with_name("helixflow")
+        launcher = [str(script)] if script.exists() else [sys.executable, "-m", "helixflow"]
+        return [*launcher, "serve", "--port", str(port), "--config", str(config_file)]
+
+    def extra_body(self) -> dict[str, Any]:
+        return {"repeat_penalty": 1.0}
+
+
+class LlamaCppPython(ServerKind):
+    name = "llama-cpp-python"
+    ready_path = "/v1/models"
+
+    def missing(self, cfg: BenchConfig) -> str | None:
+        absent = [m for m in ("sse_starlette", "starlette_context") if not _has_module(m)]
+        if absent:
+            return (
+                f"python modules {', '.join(absent)} missing: `{sys.executable} -m pip install "
+                "sse-starlette starlette-context` (llama-cpp-python[server]'s extras)"
+            )
+        return None
+
+    def command(self, cfg: BenchConfig, port: int) -> list[str]:
+        cmd = [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(cfg.model),
+            "--model_alias", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
+            "--n_ctx", str(max(2048, cfg.slot_context)),
+            # True (its default) lets a new request cut off the running stream.
+            "--interrupt_requests", "False",
+        ]  # fmt: skip
+        if cfg.threads is not None:
+            cmd += ["--n_threads", str(cfg.threads)]
+        return cmd
+
+    def extra_body(self) -> dict[str, Any]:
+        return {"repeat_penalty": 1.0}  # its default is 1.1
+
+
+class LlamaServer(ServerKind):
+    name = "llama-server"
+    ready_path = "/health"
+
+    def missing(self, cfg: BenchConfig) -> str | None:
+        if not os.access(cfg.llama_server_bin, os.X_OK):
+            return f"{cfg.llama_server_bin} not found: run benchmarks/build_llama_server.sh"
+        return None
+
+    def command(self, cfg: BenchConfig, port: int) -> list[str]:
+        cmd = [
+            str(cfg.llama_server_bin), "-m", str(cfg.model), "--alias", MODEL_NAME,
+            "--host", "127.0.0.1", "--port", str(port),
+            "-np", str(cfg.parallel), "-c", str(cfg.parallel * cfg.slot_context),
+        ]  # fmt: skip
+        if cfg.threads is not None:
+            cmd += ["-t", str(cfg.threads)]
+        return cmd
+
+    def extra_body(self) -> dict[str, Any]:
+        return {"repeat_penalty": 1.0}
+
+
+class Trivial(ServerKind):
+    """A server with no model: measures the load generator's own ceiling."""
+
+    name = "trivial"
+    ready_path = "/health"
+
+    def command(self, cfg: BenchConfig, port: int) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), "--trivial-server-port", str(port)]
+
+
+SERVER_KINDS: dict[str, ServerKind] = {
+    k.name: k for k in (HelixFlow(), LlamaCppPython(), LlamaServer(), Trivial())
+}
+_LIVE: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group, then SIGKILL it if it lingers."""
+    _LIVE.pop(proc.pid, None)
+    if proc.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait_s)
+            return
+
+
+@atexit.register
+def _stop_all() -> None:
+    for proc in list(_LIVE.values()):
+        _stop(proc)
+
+
+@dataclass(slots=True)
+class RunningServer:
+    kind: ServerKind
+    proc: subprocess.Popen[bytes]
+    base_url: str
+    log_file: Path
+    command: list[str]
+
+
+@contextlib.contextmanager
+def running_server(kind: ServerKind, cfg: BenchConfig) -> Iterator[RunningServer]:
+    port = free_port()
+    cmd = kind.command(cfg, port)
+    log_file = cfg.log_dir / f"{kind.name}.log"
+    with log_file.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=cfg.log_dir,
+        )  # fmt: skip
+    _LIVE[proc.pid] = proc
+    try:
+        yield RunningServer(kind, proc, f"http://127.0.0.1:{port}", log_file, cmd)
+    finally:
+        _stop(proc)
+
+
+# --------------------------------------------------------------------------- load generator
+
+
+def request_body(kind: ServerKind, prompt: str, max_tokens: int) -> dict[str, Any]:
+    return {
+        "model": MODEL_NAME,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **kind.extra_body(),
+    }
+
+
+async def stream_one(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any]
+) -> RequestResult:
+    """Send one streamed chat completion and time it."""
+    start = time.perf_counter()
+    result = RequestResult(ok=False, latency_s=0.0)
+    parts: list[str] = []
+    try:
+        async with session.post(url, json=body) as resp:
+            if resp.status != 200:
+                result.error = f"HTTP {resp.status}: {(await resp.text())[:120]}"
+                return result
+            async for raw in resp.content:
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    break
+                _take_chunk(orjson.loads(payload), result, parts, start)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"[:160]
+    finally:
+        result.latency_s = time.perf_counter() - start
+        result.text = "".join(parts)
+    if result.error is None and result.finish_reason is None:
+        result.error = "stream ended without finish_reason"
+    result.ok = result.error is None
+    return result
+
+
+def _take_chunk(
+    chunk: dict[str, Any], result: RequestResult, parts: list[str], start: float
+) -> None:
+    if chunk.get("error"):
+        result.error = f"error chunk: {str(chunk['error'])[:120]}"
+        return
+    usage = chunk.get("usage")
+    if usage and usage.get("completion_tokens") is not None:
+        result.usage_tokens = int(usage["completion_tokens"])
+    for choice in chunk.get("choices") or ():
+        content = (choice.get("delta") or {}).get("content")
+        if content:
+            if result.ttft_s is None:
+                result.ttft_s = time.perf_counter() - start
+            result.chunks += 1
+            parts.append(content)
+        if choice.get("finish_reason"):
+            result.finish_reason = choice["finish_reason"]
+
+
+async def run_level(
+    session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]], concurrency: int
+) -> tuple[list[RequestResult], float]:
+    """Closed loop: `concurrency` workers each send their next request as the last one ends."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(bodies)):
+        queue.put_nowait(i)
+    results: list[RequestResult | None] = [None] * len(bodies)
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            results[i] = await stream_one(session, url, bodies[i])
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    return [r for r in results if r is not None], wall
+
+
+async def wait_ready(server: RunningServer, limit_s: float) -> None:
+    """Poll the server's readiness endpoint; fail early if the process dies."""
+    url = server.base_url + server.kind.ready_path
+    try:
+        async with (
+            asyncio.timeout(limit_s),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+        ):
+            while True:
+                if server.proc.poll() is not None:
+                    code = server.proc.returncode
+                    raise RuntimeError(f"{server.kind.name} exited with code {code}")
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(url) as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.25)
+    except TimeoutError:
+        raise RuntimeError(f"{server.kind.name} not ready after {limit_s:.0f} s") from None
+
+
+async def bench_server(server: RunningServer, cfg: BenchConfig) -> list[LevelResult]:
+    await wait_ready(server, cfg.ready_timeout)
+    url = server.base_url + "/v1/chat/completions"
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        warm = [request_body(server.kind, PROMPTS[i % len(PROMPTS)], 32) for i in range(cfg.warmup)]
+        warm_results, _ = await run_level(session, url, warm, min(len(warm), 4) or 1)
+        failed = [r.error for r in warm_results if not r.ok]
+        if failed:
+            raise RuntimeError(f"warm-up failed: {failed[0]}")
+        levels = []
+        for concurrency in cfg.concurrency:
+            n = cfg.requests_for(concurrency)
+            bodies = [
+                request_body(server.kind, PROMPTS[i % len(PROMPTS)], cfg.max_tokens)
+                for i in range(n)
+            ]
+            cpu0, srv0 = time.process_time(), process_cpu_seconds(server.proc.pid)
+            results, wall = await run_level(session, url, bodies, concurrency)
+            cpu1, srv1 = time.process_time(), process_cpu_seconds(server.proc.pid)
+            srv_cpu = None if srv0 is None or srv1 is None else srv1 - srv0
+            levels.append(LevelResult(concurrency, wall, cpu1 - cpu0, srv_cpu, results))
+            s = levels[-1].summary()
+            console.print(
+                f"  {server.kind.name} c={concurrency}: {s['ok']}/{s['requests']} ok, "
+                f"{s['tok_s']} tok/s"
+            )
+    return levels
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass(slots=True)
+class ServerRun:
+    name: str
+    command: list[str] = field(default_factory=list)
+    levels: list[LevelResult] = field(default_factory=list)
+    skipped: str | None = None
+    failed: str | None = None
+    log_file: str | None = None
+
+    def counting(self) -> str:
+        ok = [r for lv in self.levels for r in lv.results if r.ok]
+        with_usage = sum(r.usage_tokens is not None for r in ok)
+        if ok and with_usage == len(ok):
+            return "usage.completion_tokens (stream_options.include_usage)"
+        if with_usage == 0:
+            return "content deltas counted by the client (no usage in the stream)"
+        return f"mixed: usage in {with_usage} of {len(ok)} replies, content deltas otherwise"
+
+    def tok_s(self, concurrency: int) -> float | None:
+        for level in self.levels:
+            if level.concurrency == concurrency:
+                return float(level.summary()["tok_s"])
+        return None
+
+
+def run_one(kind: ServerKind, cfg: BenchConfig, retok: Retokenizer) -> ServerRun:
+    run = ServerRun(kind.name)
+    why = kind.missing(cfg)
+    if why is not None:
+        run.skipped = why
+        console.print(f"[yellow]skipping {kind.name}:[/yellow] {escape(why)}")
+        return run
+    console.rule(f"[bold]{kind.name}")
+    with running_server(kind, cfg) as server:
+        run.command, run.log_file = server.command, str(server.log_file)
+        console.print("  " + " ".join(server.command), style="dim", soft_wrap=True, markup=False)
+        try:
+            run.levels = asyncio.run(bench_server(server, cfg))
+        except Exception as exc:  # report it and go on with the next server
+            run.failed = f"{type(exc).__name__}: {exc}"
+            console.print(
+                f"[red]{kind.name} failed:[/red] {escape(run.failed)}; log: {server.log_file}"
+            )
+    for level in run.levels:
+        for r in level.results:
+            r.retok_tokens = retok.count(r.text) if r.ok else None
+    time.sleep(2)  # let the CPU settle before the next server
+    return run
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class Retokenizer:
+    """Counts the tokens of a reply's text with the GGUF's vocabulary (a cross-check)."""
+
+    def __init__(self, model: Path) -> None:
+        self._llm: Any = None
+        try:
+            from llama_cpp import Llama
+
+            with _quiet_stderr():  # llama.cpp logs from C, past verbose=False
+                self._llm = Llama(model_path=str(model), vocab_only=True, verbose=False)
+        except Exception as exc:
+            console.print(f"[yellow]no re-tokenization cross-check:[/yellow] {escape(str(exc))}")
+
+    def count(self, text: str) -> int | None:
+        if self._llm is None:
+            return None
+        return len(self._llm.tokenize(text.encode(), add_bos=False, special=False))
+
+
+# --------------------------------------------------------------------------- reporting
+
+LEVEL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("conc", "concurrency"),
+    ("ok/reqs", ""),
+    ("out tok", "output_tokens"),
+    ("tok/s", "tok_s"),
+    ("retok tok/s", "retok_tok_s"),
+    ("TTFT p50 ms", "ttft_p50_ms"),
+    ("TTFT p95 ms", "ttft_p95_ms"),
+    ("lat p50 ms", "latency_p50_ms"),
+    ("lat p99 ms", "latency_p99_ms"),
+    ("len stops", "finish_length"),
+    ("server CPU %", "server_cpu_pct"),
+    ("client CPU %", "client_cpu_pct"),
+)
+
+
+def level_rows(run: ServerRun) -> list[list[str]]:
+    rows = []
+    for level in run.levels:
+        s = level.summary()
+        rows.append(
+            [
+                f"{s['ok']}/{s['requests']}" if key == "" else _fmt(s[key])
+                for _, key in LEVEL_COLUMNS
+            ]
+        )
+    return rows
+
+
+def ratio_rows(runs: dict[str, ServerRun], concurrency: list[int]) -> list[list[str]]:
+    hf = runs.get("helixflow")
+    rows = []
+    for c in concurrency:
+        mine = hf.tok_s(c) if hf else None
+        row = [str(c), _fmt(mine)]
+        for peer in PEERS:
+            theirs = runs[peer].tok_s(c) if peer in runs else None
+            ratio = mine / theirs if mine is not None and theirs else None
+            row += [_fmt(theirs), "—" if ratio is None else f"{ratio:.2f}x"]
+            row.append(_target_mark(c, peer, ratio))
+        rows.append(row)
+    return rows
+
+
+def _target_mark(concurrency: int, peer: str, ratio: float | None) -> str:
+    marks = []
+    for c, p, minimum in TARGETS:
+        if c == concurrency and p == peer:
+            met = "—" if ratio is None else ("met" if ratio >= minimum else "MISSED")
+            marks.append(f">= {minimum}x: {met}")
+    return "; ".join(marks)
+
+
+RATIO_HEADERS = [
+    "conc", "HelixFlow tok/s",
+    "llama-cpp-python tok/s", "HF / lcp", "target vs lcp",
+    "llama-server tok/s", "HF / llama-server", "target vs llama-server",
+]  # fmt: skip
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return str(value)
+
+
+def print_tables(runs: dict[str, ServerRun], cfg: BenchConfig) -> None:
+    for run in runs.values():
+        if run.skipped:
+            continue
+        table = Table(title=f"{run.name}", caption=f"output tokens: {run.counting()}")
+        for header, _ in LEVEL_COLUMNS:
+            table.add_column(header, justify="right")
+        for row in level_rows(run):
+            table.add_row(*row)
+        console.print(table)
+        mismatched = sum(lv.summary()["usage_vs_chunks_mismatch"] for lv in run.levels)
+        if mismatched:
+            console.print(
+                f"  {run.name}: usage.completion_tokens != streamed content deltas in "
+                f"{mismatched} replies (see the JSON output)",
+                style="dim",
+            )
+        for level in run.levels:
+            errors = level.summary()["errors"]
+            if errors:
+                console.print(f"  [red]c={level.concurrency} errors:[/red] {escape(str(errors))}")
+    if "helixflow" in runs and any(p in runs for p in PEERS):
+        table = Table(title="HelixFlow / peers, output tokens per second (same run)")
+        for header in RATIO_HEADERS:
+            table.add_column(header, justify="right")
+        for row in ratio_rows(runs, cfg.concurrency):
+            table.add_row(*row)
+        console.print(table)
+
+
+def markdown(runs: dict[str, ServerRun], cfg: BenchConfig, meta: dict[str, Any]) -> str:
+    out = [
+        f"Measured {meta['date']} on {meta['cpus']} CPUs ({meta['machine']}), "
+        f"model `{cfg.model.name}`, streamed chat, max_tokens {cfg.max_tokens}, "
+        f"temperature 0, repeat penalty 1.0; commit {meta['git_commit']}.",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+    ]
+    for run in runs.values():
+        if run.skipped or not run.levels:
+            continue
+        out += [f"**{run.name}** (output tokens: {run.counting()})", ""]
+        out += _md_table([h for h, _ in LEVEL_COLUMNS], level_rows(run))
+    if "helixflow" in runs:
+        out += ["**HelixFlow / peers** (output tokens per second)", ""]
+        out += _md_table(RATIO_HEADERS, ratio_rows(runs, cfg.concurrency))
+    return "\n".join(out)
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + " ---: |" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def run_metadata(cfg: BenchConfig) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    commit = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    versions: dict[str, str] = {}
+    for dist in ("helixflow", "llama_cpp_python", "aiohttp"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions[dist] = version(dist)
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "git_commit": commit + ("-dirty" if dirty and dirty != "unknown" else ""),
+        "cpus": os.cpu_count(),
+        "machine": f"{platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+        "versions": versions,
+        "model": str(cfg.model),
+    }
+
+
+def to_json(runs: dict[str, ServerRun], cfg: BenchConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    servers = {}
+    for name, run in runs.items():
+        servers[name] = {
+            "command": run.command,
+            "skipped": run.skipped,
+            "failed": run.failed,
+            "token_counting": run.counting() if run.levels else None,
+            "levels": [lv.summary() for lv in run.levels],
+            "requests": [
+                {
+                    "concurrency": lv.concurrency,
+                    **{k: v for k, v in asdict(r).items() if k != "text"},
+                }
+                for lv in run.levels
+                for r in lv.results
+            ],
+        }
+    ratios = {}
+    hf = runs.get("helixflow")
+    for peer in PEERS:
+        if hf and peer in runs:
+            ratios[peer] = {
+                str(c): (
+                    round(a / b, 3) if (a := hf.tok_s(c)) and (b := runs[peer].tok_s(c)) else None
+                )
+                for c in cfg.concurrency
+            }
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+    return {"meta": meta, "settings": settings, "servers": servers, "ratios": ratios}
+
+
+# --------------------------------------------------------------------------- trivial server
+
+
+def serve_trivial(port: int) -> None:
+    """Stream ``max_tokens`` one-word chunks at once: a ceiling for the load generator."""
+    from aiohttp import web
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        n = int(body.get("max_tokens") or 16)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(n):
+            choice = {"index": 0, "delta": {"content": " tok"}, "finish_reason": None}
+            if i == n - 1:
+                choice["finish_reason"] = "length"
+            chunk = {"object": "chat.completion.chunk", "choices": [choice]}
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        usage = {"choices": [], "usage": {"completion_tokens": n, "prompt_tokens": 1}}
+        await resp.write(b"data: " + orjson.dumps(usage) + b"\n\ndata: [DONE]\n\n")
+        return resp
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/health", health)
+    web.run_app(app, host="127.0.0.1", port=port, print=None)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def default_model() -> Path:
+    from helixflow.engine.bundled import resolve_bundled
+
+    return Path(resolve_bundled("smollm2-135m"))
+
+
+def _int_list(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("expected positive integers separated by commas")
+    return values
+
+
+def _server_list(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [n for n in names if n not in SERVER_KINDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown server(s) {unknown}; choose from {', '.join(SERVER_KINDS)}"
+        )
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="engine_throughput.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add(
+        "--servers",
+        type=_server_list,
+        default=",".join(["helixflow", *PEERS]),
+        help="servers to run, in order, one at a time (default: %(default)s; also: trivial)",
+    )
+    add(
+        "--concurrency",
+        type=_int_list,
+        default=[1, 4, 8, 16],
+        help="concurrency levels, comma separated (default: 1,4,8,16)",
+    )
+    add(
+        "--requests",
+        type=int,
+        default=None,
+        help="requests per level (default: max(8, 2 x concurrency)); never below the level's "
+        "concurrency",
+    )
+    add("--max-tokens", type=int, default=128, help="max_tokens of every request (default: 128)")
+    add(
+        "--model",
+        type=Path,
+        default=None,
+        help="GGUF file for every server (default: the bundled SmolLM2-135M Q4_1)",
+    )
+    add(
+        "--threads",
+        type=int,
+        default=None,
+        help="decode threads for every server (default: each server's own: all cores for "
+        "HelixFlow and llama-server, 1 for llama-cpp-python, its fastest setting here)",
+    )
+    add(
+        "--slot-context",
+        type=int,
+        default=1024,
+        help="KV tokens per parallel sequence: HelixFlow and llama-server get parallel = the "
+        "highest concurrency and context = parallel x this (default: 1024)",
+    )
+    add("--warmup", type=int, default=4, help="warm-up requests per server (default: 4)")
+    add(
+        "--ready-timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for a server to be ready (default: 300)",
+    )
+    add(
+        "--llama-server-bin",
+        type=Path,
+        default=DEFAULT_LLAMA_SERVER,
+        help="llama-server binary (default: .build/llama-server/bin/llama-server, "
+        "built by benchmarks/build_llama_server.sh)",
+    )
+    add("--json-out", type=Path, default=None, help="write machine-readable results here")
+    add(
+        "--markdown-out",
+        type=Path,
+        default=None,
+        help="write markdown tables here (for docs/benchmarks.md)",
+    )
+    add("--trivial-server-port", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.requests is not None and args.requests < 1:
+        parser.error("--requests must be positive")
+    if args.max_tokens < 1:
+        parser.error("--max-tokens must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.trivial_server_port is not None:
+        serve_trivial(args.trivial_server_port)
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
+    log_dir = Path(tempfile.mkdtemp(prefix="helixflow-bench-"))
+    cfg = BenchConfig(
+        model=(args.model or default_model()).resolve(),
+        concurrency=args.concurrency,
+        requests=args.requests,
+        max_tokens=args.max_tokens,
+        threads=args.threads,
+        slot_context=args.slot_context,
+        warmup=args.warmup,
+        ready_timeout=args.ready_timeout,
+        llama_server_bin=args.llama_server_bin,
+        log_dir=log_dir,
+    )
+    if not cfg.model.is_file():
+        console.print(f"[red]model not found:[/red] {cfg.model}")
+        return 2
+    meta = run_metadata(cfg)
+    console.print(f"model {cfg.model}; logs in {log_dir}", style="dim")
+    retok = Retokenizer(cfg.model)
+    runs: dict[str, ServerRun] = {}
+    for name in args.servers:
+        runs[name] = run_one(SERVER_KINDS[name], cfg, retok)
+    print_tables(runs, cfg)
+    if args.json_out:
+        args.json_out.write_bytes(
+            orjson.dumps(to_json(runs, cfg, meta), option=orjson.OPT_INDENT_2) + b"\n"
+        )
+        console.print(f"wrote {args.json_out}")
+    if args.markdown_out:
+        args.markdown_out.write_text(markdown(runs, cfg, meta) + "\n")
+        console.print(f"wrote {args.markdown_out}")
+    failed = [r for r in runs.values() if r.failed]
+    if failed:
+        console.print(f"[red]server logs kept in {log_dir}[/red]")
+        return 1
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

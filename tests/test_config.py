@@ -1,0 +1,95 @@
+"""Settings: defaults, YAML file, environment, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helixflow.config import DEFAULT_MODEL_ID, ConfigFileError, ModelConfig, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("HELIXFLOW_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_serve_the_bundled_model_on_localhost() -> None:
+    settings = load_settings()
+    assert settings.server.host == "127.0.0.1"
+    assert settings.server.port == 8080
+    assert [m.id for m in settings.models] == [DEFAULT_MODEL_ID]
+    assert settings.models[0].bundled == DEFAULT_MODEL_ID
+
+
+def test_yaml_file(tmp_path: Path) -> None:
+    path = tmp_path / "helixflow.yaml"
+    path.write_text(yaml.safe_dump({
+        "server": {"port": 9001},
+        "models": [{"id": "tiny", "bundled": "smollm2-135m", "aliases": ["t"],
+                    "context_size": 4096, "parallel": 2, "chat_template": "{{ x }}"}],
+    }))
+    settings = load_settings(path)
+    assert settings.server.port == 9001
+    model = settings.models[0]
+    assert (model.id, model.aliases, model.context_size, model.parallel) == (
+        "tiny", ["t"], 4096, 2)
+    assert model.names == ["tiny", "t"]
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "helixflow.yaml"
+    path.write_text(yaml.safe_dump({"server": {"port": 9001, "host": "0.0.0.0"}}))
+    monkeypatch.setenv("HELIXFLOW_SERVER__PORT", "9002")
+    settings = load_settings(path)
+    assert settings.server.port == 9002
+    assert settings.server.host == "0.0.0.0"
+
+
+def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"server": {"port": 9100}}))
+    monkeypatch.setenv("HELIXFLOW_CONFIG", str(path))
+    assert load_settings().server.port == 9100
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="not found"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"id": "a"}, "exactly one of"),
+        ({"id": "a", "bundled": "x", "path": "/x.gguf"}, "exactly one of"),
+        ({"id": "a", "bundled": "x", "parallel": 0}, "greater than or equal"),
+        ({"id": "a", "bundled": "x", "context_size": 256, "parallel": 8}, "64 tokens"),
+        ({"id": "", "bundled": "x"}, "at least 1"),
+    ],
+)
+def test_invalid_models_are_rejected(model: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.model_validate(model)
+
+
+def test_duplicate_names_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(yaml.safe_dump({"models": [
+        {"id": "a", "bundled": "smollm2-135m"},
+        {"id": "b", "bundled": "smollm2-135m", "aliases": ["a"]},
+    ]}))
+    with pytest.raises(ValueError, match="used twice"):
+        load_settings(path)
+
+
+def test_unknown_keys_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump({"sever": {"port": 1}}))
+    with pytest.raises(ValueError, match="sever"):
+        load_settings(path)
