@@ -44,7 +44,9 @@ def test_models_list_json_shows_configured_and_bundled(tmp_path: Path) -> None:
     result = runner.invoke(app, ["models", "list", "--json", "--config", str(path)])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert rows[0]["id"] == "mine" and rows[0]["aliases"] == ["m"] and rows[0]["configured"]
+    assert rows[0]["id"] == "mine"
+    assert rows[0]["aliases"] == ["m"]
+    assert rows[0]["configured"]
     bundled = {r["id"]: r for r in rows[1:]}
     assert bundled["gemma3-270m"]["installed"] is True
 

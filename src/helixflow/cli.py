@@ -139,7 +139,7 @@ def list_models(
 ) -> None:
     """List the configured models and the bundled ones you can serve by name."""
     settings = _load(config)
-    rows = [{
+    rows: list[dict[str, Any]] = [{
         "id": m.id,
         "source": f"bundled:{m.bundled}" if m.bundled else str(m.path),
         "aliases": m.aliases,

@@ -33,6 +33,9 @@ class ModelConfig(BaseModel):
         default=None, description="Name of a model shipped in a Python package (see `models list`)."
     )
     aliases: list[str] = Field(default_factory=list, description="Other names for this model.")
+    backend: Literal["llamacpp"] = Field(
+        default="llamacpp", description="Inference backend that serves this model."
+    )
     context_size: int = Field(
         default=16384,
         ge=256,

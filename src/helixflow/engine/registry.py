@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 
 from helixflow.config import ModelConfig
 from helixflow.engine.llamacpp import LlamaCppEngine
 from helixflow.errors import ModelNotFoundError
 
 log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[ModelConfig, int], LlamaCppEngine]
+
+# Inference backends by the name a model's `backend` setting uses; a new backend is a new
+# entry here, never a branch elsewhere.
+BACKENDS: Mapping[str, EngineFactory] = MappingProxyType({
+    "llamacpp": lambda config, retry_after_s: LlamaCppEngine(config,
+                                                             retry_after_s=retry_after_s),
+})
 
 
 class EngineRegistry:
@@ -20,7 +30,7 @@ class EngineRegistry:
         self._engines: dict[str, LlamaCppEngine] = {}
         self._names: dict[str, str] = {}
         for config in models:
-            self._engines[config.id] = LlamaCppEngine(config, retry_after_s=retry_after_s)
+            self._engines[config.id] = BACKENDS[config.backend](config, retry_after_s)
             for name in config.names:
                 self._names[name] = config.id
 

@@ -32,8 +32,7 @@ class SamplerChain:
             items = list(params.logit_bias.items())
             arr = (llama_cpp.llama_logit_bias * len(items))()
             for i, (token, bias) in enumerate(items):
-                arr[i].token = token
-                arr[i].bias = bias
+                arr[i] = llama_cpp.llama_logit_bias(token, bias)
             self._bias_array = arr  # keep alive as long as the sampler
             add(llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(items), arr))
         if (params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0
