@@ -37,9 +37,19 @@ class ServerProcess:
         env["HELIXFLOW_DATA_DIR"] = str(workdir / "data")
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "helixflow", "serve", "--config", str(config_path),
-             "--port", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "helixflow",
+                "serve",
+                "--config",
+                str(config_path),
+                "--port",
+                str(self.port),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         self._wait_ready()
 
@@ -71,14 +81,28 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     config = {
         "server": {"max_body_bytes": 256 * 1024, "log_level": "info"},
         "models": [
-            {"id": "smollm2-135m", "bundled": "smollm2-135m", "aliases": ["smollm2"],
-             "parallel": 8, "context_size": 16384},
-            {"id": "gemma3-270m", "bundled": "gemma3-270m", "parallel": 8,
-             "context_size": 16384},
-            {"id": QUEUE_MODEL, "bundled": "smollm2-135m", "parallel": 1,
-             "context_size": 1024, "max_queue": 0},
-            {"id": SMALL_KV_MODEL, "bundled": "smollm2-135m", "parallel": 4,
-             "context_size": 256, "prefill_chunk": 16},
+            {
+                "id": "smollm2-135m",
+                "bundled": "smollm2-135m",
+                "aliases": ["smollm2"],
+                "parallel": 8,
+                "context_size": 16384,
+            },
+            {"id": "gemma3-270m", "bundled": "gemma3-270m", "parallel": 8, "context_size": 16384},
+            {
+                "id": QUEUE_MODEL,
+                "bundled": "smollm2-135m",
+                "parallel": 1,
+                "context_size": 1024,
+                "max_queue": 0,
+            },
+            {
+                "id": SMALL_KV_MODEL,
+                "bundled": "smollm2-135m",
+                "parallel": 4,
+                "context_size": 256,
+                "prefill_chunk": 16,
+            },
         ],
     }
     proc = ServerProcess(config, tmp_path_factory.mktemp("server"), "main")
@@ -93,8 +117,7 @@ def base_url(server: ServerProcess) -> str:
 
 @pytest.fixture(scope="session")
 def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0,
-                         timeout=120)
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="session")

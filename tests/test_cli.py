@@ -39,8 +39,9 @@ def test_serve_help_explains_the_options() -> None:
 
 def test_models_list_json_shows_configured_and_bundled(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"models": [
-        {"id": "mine", "bundled": "smollm2-135m", "aliases": ["m"]}]}))
+    path.write_text(
+        yaml.safe_dump({"models": [{"id": "mine", "bundled": "smollm2-135m", "aliases": ["m"]}]})
+    )
     result = runner.invoke(app, ["models", "list", "--json", "--config", str(path)])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)

@@ -29,16 +29,27 @@ def test_defaults_serve_the_bundled_model_on_localhost() -> None:
 
 def test_yaml_file(tmp_path: Path) -> None:
     path = tmp_path / "helixflow.yaml"
-    path.write_text(yaml.safe_dump({
-        "server": {"port": 9001},
-        "models": [{"id": "tiny", "bundled": "smollm2-135m", "aliases": ["t"],
-                    "context_size": 4096, "parallel": 2, "chat_template": "{{ x }}"}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"port": 9001},
+                "models": [
+                    {
+                        "id": "tiny",
+                        "bundled": "smollm2-135m",
+                        "aliases": ["t"],
+                        "context_size": 4096,
+                        "parallel": 2,
+                        "chat_template": "{{ x }}",
+                    }
+                ],
+            }
+        )
+    )
     settings = load_settings(path)
     assert settings.server.port == 9001
     model = settings.models[0]
-    assert (model.id, model.aliases, model.context_size, model.parallel) == (
-        "tiny", ["t"], 4096, 2)
+    assert (model.id, model.aliases, model.context_size, model.parallel) == ("tiny", ["t"], 4096, 2)
     assert model.names == ["tiny", "t"]
 
 
@@ -80,10 +91,16 @@ def test_invalid_models_are_rejected(model: dict[str, object], message: str) -> 
 
 def test_duplicate_names_are_rejected(tmp_path: Path) -> None:
     path = tmp_path / "dup.yaml"
-    path.write_text(yaml.safe_dump({"models": [
-        {"id": "a", "bundled": "smollm2-135m"},
-        {"id": "b", "bundled": "smollm2-135m", "aliases": ["a"]},
-    ]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {"id": "a", "bundled": "smollm2-135m"},
+                    {"id": "b", "bundled": "smollm2-135m", "aliases": ["a"]},
+                ]
+            }
+        )
+    )
     with pytest.raises(ValueError, match="used twice"):
         load_settings(path)
 

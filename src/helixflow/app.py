@@ -12,9 +12,9 @@ from fastapi.responses import ORJSONResponse
 
 from helixflow import __version__
 from helixflow.api import health
-from helixflow.api.openai.routes import router as openai_router
 from helixflow.api.errors import install_error_handlers
 from helixflow.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from helixflow.api.openai.routes import router as openai_router
 from helixflow.api.openai.serving_chat import ChatService
 from helixflow.api.openai.serving_completions import CompletionService
 from helixflow.config import Settings
@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engines = EngineRegistry(settings.models,
-                                 retry_after_s=settings.server.retry_after_seconds)
+        engines = EngineRegistry(settings.models, retry_after_s=settings.server.retry_after_seconds)
         app.state.engines = engines
         app.state.chat_service = ChatService(engines)
         app.state.completion_service = CompletionService(engines)

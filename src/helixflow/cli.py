@@ -28,8 +28,13 @@ app.add_typer(models_app, name="models")
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML configuration file (also: HELIXFLOW_CONFIG).",
-                 exists=False, dir_okay=False),
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML configuration file (also: HELIXFLOW_CONFIG).",
+        exists=False,
+        dir_okay=False,
+    ),
 ]
 
 
@@ -41,8 +46,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_callback(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """HelixFlow: serve GGUF models behind the OpenAI API."""
 
@@ -64,20 +73,26 @@ def model_from_argument(value: str) -> ModelConfig:
     path = Path(value).expanduser()
     if not path.is_file():
         known = ", ".join(m.name for m in BUNDLED_MODELS)
-        raise typer.BadParameter(f"{value!r} is neither a GGUF file nor a bundled model "
-                                 f"({known})", param_hint="--model")
+        raise typer.BadParameter(
+            f"{value!r} is neither a GGUF file nor a bundled model ({known})", param_hint="--model"
+        )
     return ModelConfig(id=path.stem.lower(), path=path)
 
 
 @app.command()
 def serve(
-    model: Annotated[str | None, typer.Option(
-        "--model", "-m", help="GGUF file or bundled model name; replaces the configured list.",
-    )] = None,
-    host: Annotated[str | None, typer.Option(help="Interface to bind [default: 127.0.0.1].")]
-    = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind [default: 8080; 0 = any].")]
-    = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="GGUF file or bundled model name; replaces the configured list.",
+        ),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind [default: 127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind [default: 8080; 0 = any].")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Start the OpenAI-compatible server and load the configured models."""
@@ -85,17 +100,22 @@ def serve(
     from helixflow.observability.logging import configure_logging
 
     settings = _load(config)
-    server_cfg = settings.server.model_copy(update={
-        k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    server_cfg = settings.server.model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
     update: dict[str, Any] = {"server": server_cfg}
     if model is not None:
         update["models"] = [model_from_argument(model)]
     settings = settings.model_copy(update=update)
     configure_logging(settings.server.log_level)
     uv_config = uvicorn.Config(
-        create_app(settings), host=server_cfg.host, port=server_cfg.port,
-        log_level=settings.server.log_level, access_log=settings.server.access_log,
-        log_config=None, timeout_graceful_shutdown=5,
+        create_app(settings),
+        host=server_cfg.host,
+        port=server_cfg.port,
+        log_level=settings.server.log_level,
+        access_log=settings.server.access_log,
+        log_config=None,
+        timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(uv_config)
     asyncio.run(_serve(server, settings))
@@ -103,7 +123,7 @@ def serve(
 
 async def _serve(server: uvicorn.Server, settings: Settings) -> None:
     task = asyncio.create_task(server.serve())
-    while not server.started and not task.done():
+    while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn has no event)
         await asyncio.sleep(0.05)
     if server.started:
         _print_banner(server, settings)
@@ -125,11 +145,13 @@ def _print_banner(server: uvicorn.Server, settings: Settings) -> None:
     console = Console()
     console.print(f"[bold green]HelixFlow {__version__}[/] listening on [bold]{base}[/]")
     console.print("Serving: " + ", ".join(m.id for m in settings.models))
-    payload = json.dumps({"model": first,
-                          "messages": [{"role": "user", "content": "Hello!"}]})
+    payload = json.dumps({"model": first, "messages": [{"role": "user", "content": "Hello!"}]})
     console.print("Try:", style="bold")
-    console.print(f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' "
-                  f"-d '{payload}'", highlight=False, soft_wrap=True)
+    console.print(
+        f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' -d '{payload}'",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @models_app.command("list")
@@ -139,20 +161,31 @@ def list_models(
 ) -> None:
     """List the configured models and the bundled ones you can serve by name."""
     settings = _load(config)
-    rows: list[dict[str, Any]] = [{
-        "id": m.id,
-        "source": f"bundled:{m.bundled}" if m.bundled else str(m.path),
-        "aliases": m.aliases,
-        "context_size": m.context_size,
-        "parallel": m.parallel,
-        "configured": True,
-    } for m in settings.models]
+    rows: list[dict[str, Any]] = [
+        {
+            "id": m.id,
+            "source": f"bundled:{m.bundled}" if m.bundled else str(m.path),
+            "aliases": m.aliases,
+            "context_size": m.context_size,
+            "parallel": m.parallel,
+            "configured": True,
+        }
+        for m in settings.models
+    ]
     configured = {m.bundled for m in settings.models}
-    rows += [{
-        "id": b.name, "source": f"bundled ({b.package})", "aliases": [],
-        "context_size": None, "parallel": None, "configured": False,
-        "installed": b.available(),
-    } for b in BUNDLED_MODELS if b.name not in configured]
+    rows += [
+        {
+            "id": b.name,
+            "source": f"bundled ({b.package})",
+            "aliases": [],
+            "context_size": None,
+            "parallel": None,
+            "configured": False,
+            "installed": b.available(),
+        }
+        for b in BUNDLED_MODELS
+        if b.name not in configured
+    ]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -160,10 +193,19 @@ def list_models(
     for column in ("id", "source", "aliases", "context", "parallel", "status"):
         table.add_column(column)
     for row in rows:
-        status = "configured" if row["configured"] else (
-            "installed" if row.get("installed") else "not installed")
-        table.add_row(row["id"], row["source"], ", ".join(row["aliases"]) or "-",
-                      str(row["context_size"] or "-"), str(row["parallel"] or "-"), status)
+        status = (
+            "configured"
+            if row["configured"]
+            else ("installed" if row.get("installed") else "not installed")
+        )
+        table.add_row(
+            row["id"],
+            row["source"],
+            ", ".join(row["aliases"]) or "-",
+            str(row["context_size"] or "-"),
+            str(row["parallel"] or "-"),
+            status,
+        )
     Console().print(table)
 
 

@@ -89,8 +89,10 @@ class ModelConfig(BaseModel):
         if (self.path is None) == (self.bundled is None):
             raise ValueError(f"model {self.id!r}: set exactly one of `path` or `bundled`")
         if self.context_size // self.parallel < 64:
-            raise ValueError(f"model {self.id!r}: context_size / parallel must leave at least "
-                             "64 tokens per sequence")
+            raise ValueError(
+                f"model {self.id!r}: context_size / parallel must leave at least "
+                "64 tokens per sequence"
+            )
         return self
 
     @property

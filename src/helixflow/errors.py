@@ -69,8 +69,9 @@ class ModelNotFoundError(NotFoundError):
     default_code = "model_not_found"
 
     def __init__(self, model: str, *, param: str | None = "model") -> None:
-        super().__init__(f"The model '{model}' does not exist or you do not have access to it.",
-                         param=param)
+        super().__init__(
+            f"The model '{model}' does not exist or you do not have access to it.", param=param
+        )
 
 
 class MethodNotAllowedError(HelixFlowError):
@@ -95,7 +96,9 @@ class RateLimitError(HelixFlowError):
     status_code = 429
     error_type = "rate_limit_error"
 
-    def __init__(self, message: str, *, retry_after: int, code: str = "rate_limit_exceeded") -> None:
+    def __init__(
+        self, message: str, *, retry_after: int, code: str = "rate_limit_exceeded"
+    ) -> None:
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
         self.retry_after = retry_after
 

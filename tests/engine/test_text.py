@@ -57,7 +57,7 @@ def test_earliest_stop_wins(stops: list[str], text: str, expected: str) -> None:
 def test_utf8_split_across_tokens() -> None:
     stream = Utf8Stream()
     data = "é🙂".encode()
-    out = [stream.push(data[i:i + 1]) for i in range(len(data))]
+    out = [stream.push(data[i : i + 1]) for i in range(len(data))]
     assert "".join(out) + stream.flush() == "é🙂"
     assert out[0] == ""  # half a character is not emitted
 

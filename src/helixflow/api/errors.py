@@ -54,8 +54,12 @@ def _param(loc: tuple[Any, ...]) -> str | None:
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif (isinstance(part, str) and not part[:1].isupper() and "[" not in part
-              and part not in _UNION_TAGS):
+        elif (
+            isinstance(part, str)
+            and not part[:1].isupper()
+            and "[" not in part
+            and part not in _UNION_TAGS
+        ):
             out += f".{part}" if out else part
     return out or None
 
@@ -71,15 +75,19 @@ def _join_param(base: str | None, extra: Any) -> str | None:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
-    first: dict[str, Any] = (dict(errors[0]) if errors
-                             else {"msg": "invalid request", "loc": (), "type": ""})
+    first: dict[str, Any] = (
+        dict(errors[0]) if errors else {"msg": "invalid request", "loc": (), "type": ""}
+    )
     if first.get("type") == "json_invalid":
-        message = "We could not parse the JSON body of your request: " \
-                  f"{first.get('ctx', {}).get('error', 'invalid JSON')}."
+        message = (
+            "We could not parse the JSON body of your request: "
+            f"{first.get('ctx', {}).get('error', 'invalid JSON')}."
+        )
         body = error_envelope(message, "invalid_request_error", None, "invalid_json")
         return JSONResponse(body, status_code=400)
     if tuple(first.get("loc", ())) == ("body",) and (
-            first.get("type") == "missing" or not isinstance(first.get("input"), dict)):
+        first.get("type") == "missing" or not isinstance(first.get("input"), dict)
+    ):
         return _body_error(request, first)
     ctx = first.get("ctx") or {}
     param = _join_param(_param(tuple(first.get("loc", ()))), ctx.get("param"))
@@ -92,8 +100,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         message = f"Invalid request body: {msg}."
     if len(errors) > 1:
         message += f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    body = error_envelope(message, "invalid_request_error", param,
-                          str(first.get("type")) or None)
+    body = error_envelope(message, "invalid_request_error", param, str(first.get("type")) or None)
     return JSONResponse(body, status_code=400)
 
 
@@ -107,12 +114,21 @@ def _body_error(request: Request, error: dict[str, Any]) -> JSONResponse:
         # FastAPI parses JSON only when the Content-Type says so; otherwise we get bytes.
         content_type = request.headers.get("content-type")
         got = f"'{content_type}'" if content_type else "none"
-        return error_response(UnsupportedMediaTypeError(
-            f"Send the request body as JSON with 'Content-Type: application/json' "
-            f"(Content-Type: {got})."))
+        return error_response(
+            UnsupportedMediaTypeError(
+                f"Send the request body as JSON with 'Content-Type: application/json' "
+                f"(Content-Type: {got})."
+            )
+        )
     else:
-        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null",
-                int: "a number", float: "a number"}.get(type(value), "not an object")
+        kind = {
+            list: "an array",
+            str: "a string",
+            bool: "a boolean",
+            type(None): "null",
+            int: "a number",
+            float: "a number",
+        }.get(type(value), "not an object")
         message = f"The request body must be a JSON object, not {kind}."
     body = error_envelope(message, "invalid_request_error", None, code)
     return JSONResponse(body, status_code=400)
@@ -125,12 +141,19 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         message = f"Unknown URL: {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}"
-    return JSONResponse(error_envelope(message, error_type, None, code),
-                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    return JSONResponse(
+        error_envelope(message, error_type, None, code),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    body = error_envelope("The server had an error while processing your request.",
-                          "server_error", None, "internal_error")
+    body = error_envelope(
+        "The server had an error while processing your request.",
+        "server_error",
+        None,
+        "internal_error",
+    )
     return JSONResponse(body, status_code=500)

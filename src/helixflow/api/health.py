@@ -42,17 +42,27 @@ async def health(request: Request) -> Health:
     return Health(version=__version__, uptime_s=round(time.monotonic() - started, 3))
 
 
-@router.get("/ready", response_model=Readiness, summary="Readiness: every model loaded",
-            responses={503: {"model": Readiness, "description": "Still loading"}})
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    summary="Readiness: every model loaded",
+    responses={503: {"model": Readiness, "description": "Still loading"}},
+)
 async def ready(engines: Annotated[EngineRegistry, Depends(get_engines)]) -> JSONResponse:
     models = []
     for engine in engines:
         if engine.ready:
             s = engine.stats()
-            models.append(ModelReadiness(
-                id=engine.config.id, loaded=True, active_sequences=s.active_sequences,
-                queued_requests=s.queued_requests, kv_cells_used=s.kv_cells_used,
-                kv_cells_total=s.kv_cells_total))
+            models.append(
+                ModelReadiness(
+                    id=engine.config.id,
+                    loaded=True,
+                    active_sequences=s.active_sequences,
+                    queued_requests=s.queued_requests,
+                    kv_cells_used=s.kv_cells_used,
+                    kv_cells_total=s.kv_cells_total,
+                )
+            )
         else:
             models.append(ModelReadiness(id=engine.config.id, loaded=False))
     status: Literal["ready", "loading"] = "ready" if engines.ready else "loading"

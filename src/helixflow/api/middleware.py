@@ -55,12 +55,20 @@ class BodyLimitMiddleware:
         """``size``: the declared Content-Length, None for a chunked upload."""
         of = f" of {size} bytes" if size is not None else ""
         error = PayloadTooLargeError(
-            f"Request body{of} exceeds the limit of {self.max_bytes} bytes.")
+            f"Request body{of} exceeds the limit of {self.max_bytes} bytes."
+        )
         body = orjson.dumps(error.envelope())
-        await send({"type": "http.response.start", "status": error.status_code,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": error.status_code,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -98,8 +106,13 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = next((v.decode("latin-1") for k, v in scope.get("headers", [])
-                           if k == b"x-request-id"), None) or uuid.uuid4().hex
+        request_id = (
+            next(
+                (v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-request-id"),
+                None,
+            )
+            or uuid.uuid4().hex
+        )
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:

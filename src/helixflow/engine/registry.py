@@ -17,10 +17,13 @@ EngineFactory = Callable[[ModelConfig, int], LlamaCppEngine]
 
 # Inference backends by the name a model's `backend` setting uses; a new backend is a new
 # entry here, never a branch elsewhere.
-BACKENDS: Mapping[str, EngineFactory] = MappingProxyType({
-    "llamacpp": lambda config, retry_after_s: LlamaCppEngine(config,
-                                                             retry_after_s=retry_after_s),
-})
+BACKENDS: Mapping[str, EngineFactory] = MappingProxyType(
+    {
+        "llamacpp": lambda config, retry_after_s: LlamaCppEngine(
+            config, retry_after_s=retry_after_s
+        ),
+    }
+)
 
 
 class EngineRegistry:

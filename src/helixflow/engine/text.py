@@ -33,7 +33,7 @@ class StopMatcher:
             return out
         keep = self._partial_suffix()
         out = self._pending[: len(self._pending) - keep]
-        self._pending = self._pending[len(out):]
+        self._pending = self._pending[len(out) :]
         return out
 
     def flush(self) -> str:

@@ -20,24 +20,31 @@ def model(request: pytest.FixtureRequest) -> str:
 
 
 def test_stream_equals_non_streamed_reply(client: openai.OpenAI, model: str) -> None:
-    full = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=40,
-                                          temperature=0)
-    chunks = list(client.chat.completions.create(model=model, messages=PROMPT, max_tokens=40,
-                                                 temperature=0, stream=True))
+    full = client.chat.completions.create(
+        model=model, messages=PROMPT, max_tokens=40, temperature=0
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=PROMPT, max_tokens=40, temperature=0, stream=True
+        )
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert full.choices[0].message.content
     assert streamed == full.choices[0].message.content
     assert chunks[0].choices[0].delta.role == "assistant"
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices
-                and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == [full.choices[0].finish_reason]
     assert full.object == "chat.completion"
-    assert full.system_fingerprint and full.system_fingerprint.startswith("fp_")
+    assert full.system_fingerprint
+    assert full.system_fingerprint.startswith("fp_")
 
 
 def test_max_tokens_gives_length(client: openai.OpenAI, model: str) -> None:
-    reply = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=5,
-                                           temperature=0)
+    reply = client.chat.completions.create(
+        model=model, messages=PROMPT, max_tokens=5, temperature=0
+    )
     assert reply.choices[0].finish_reason == "length"
     assert reply.usage is not None
     assert reply.usage.completion_tokens == 5
@@ -45,31 +52,48 @@ def test_max_tokens_gives_length(client: openai.OpenAI, model: str) -> None:
 
 
 def test_max_completion_tokens_is_honoured(client: openai.OpenAI, model: str) -> None:
-    reply = client.chat.completions.create(model=model, messages=PROMPT,
-                                           max_completion_tokens=3, temperature=0)
+    reply = client.chat.completions.create(
+        model=model, messages=PROMPT, max_completion_tokens=3, temperature=0
+    )
     assert reply.choices[0].finish_reason == "length"
-    assert reply.usage is not None and reply.usage.completion_tokens == 3
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 3
 
 
 def test_stop_sequence_is_matched_and_not_emitted(client: openai.OpenAI, model: str) -> None:
-    base = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=40,
-                                          temperature=0).choices[0].message.content or ""
+    base = (
+        client.chat.completions.create(model=model, messages=PROMPT, max_tokens=40, temperature=0)
+        .choices[0]
+        .message.content
+        or ""
+    )
     words = base.split()
     assert len(words) > 4, base
     stop = " " + words[3]  # a word in the middle, likely spanning token boundaries
     cut = base.index(stop)
     for stream in (False, True):
         if stream:
-            chunks = list(client.chat.completions.create(
-                model=model, messages=PROMPT, max_tokens=40, temperature=0, stop=[stop],
-                stream=True))
+            chunks = list(
+                client.chat.completions.create(
+                    model=model,
+                    messages=PROMPT,
+                    max_tokens=40,
+                    temperature=0,
+                    stop=[stop],
+                    stream=True,
+                )
+            )
             text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-            finish = [c.choices[0].finish_reason for c in chunks
-                      if c.choices and c.choices[0].finish_reason]
+            finish = [
+                c.choices[0].finish_reason
+                for c in chunks
+                if c.choices and c.choices[0].finish_reason
+            ]
             assert finish == ["stop"]
         else:
-            reply = client.chat.completions.create(model=model, messages=PROMPT,
-                                                   max_tokens=40, temperature=0, stop=stop)
+            reply = client.chat.completions.create(
+                model=model, messages=PROMPT, max_tokens=40, temperature=0, stop=stop
+            )
             text = reply.choices[0].message.content or ""
             assert reply.choices[0].finish_reason == "stop"
         assert text == base[:cut]
@@ -77,8 +101,9 @@ def test_stop_sequence_is_matched_and_not_emitted(client: openai.OpenAI, model: 
 
 
 def test_n_two_choices(client: openai.OpenAI, model: str) -> None:
-    reply = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=8, n=2,
-                                           temperature=1.0, seed=7)
+    reply = client.chat.completions.create(
+        model=model, messages=PROMPT, max_tokens=8, n=2, temperature=1.0, seed=7
+    )
     assert [c.index for c in reply.choices] == [0, 1]
     assert all(c.message.content for c in reply.choices)
     assert reply.usage is not None
@@ -86,18 +111,26 @@ def test_n_two_choices(client: openai.OpenAI, model: str) -> None:
 
 
 def test_n_two_streamed_each_choice_finishes_once(client: openai.OpenAI, model: str) -> None:
-    chunks = list(client.chat.completions.create(model=model, messages=PROMPT, max_tokens=6,
-                                                 n=2, temperature=0, stream=True))
-    finishes = [(c.choices[0].index, c.choices[0].finish_reason) for c in chunks
-                if c.choices and c.choices[0].finish_reason]
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=PROMPT, max_tokens=6, n=2, temperature=0, stream=True
+        )
+    )
+    finishes = [
+        (c.choices[0].index, c.choices[0].finish_reason)
+        for c in chunks
+        if c.choices and c.choices[0].finish_reason
+    ]
     assert sorted(finishes) == [(0, "length"), (1, "length")]
 
 
 def test_logprobs_count_equals_completion_tokens(client: openai.OpenAI, model: str) -> None:
-    reply = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=12,
-                                           temperature=0, logprobs=True, top_logprobs=3)
+    reply = client.chat.completions.create(
+        model=model, messages=PROMPT, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3
+    )
     content = reply.choices[0].logprobs.content  # type: ignore[union-attr]
-    assert content is not None and reply.usage is not None
+    assert content is not None
+    assert reply.usage is not None
     assert len(content) == reply.usage.completion_tokens
     for entry in content:
         assert entry.logprob <= 0.0
@@ -108,28 +141,52 @@ def test_logprobs_count_equals_completion_tokens(client: openai.OpenAI, model: s
 
 
 def test_streamed_logprobs(client: openai.OpenAI, model: str) -> None:
-    chunks = list(client.chat.completions.create(
-        model=model, messages=PROMPT, max_tokens=6, temperature=0, logprobs=True,
-        stream=True, stream_options={"include_usage": True}))
-    entries = [e for c in chunks if c.choices and c.choices[0].logprobs
-               for e in c.choices[0].logprobs.content or []]
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=PROMPT,
+            max_tokens=6,
+            temperature=0,
+            logprobs=True,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    entries = [
+        e
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content or []
+    ]
     assert chunks[-1].usage is not None
     assert len(entries) == chunks[-1].usage.completion_tokens == 6
 
 
 def test_same_seed_same_text(client: openai.OpenAI, model: str) -> None:
     def sample(seed: int) -> str:
-        return client.chat.completions.create(
-            model=model, messages=PROMPT, max_tokens=24, temperature=1.0, top_p=0.95,
-            seed=seed).choices[0].message.content or ""
+        return (
+            client.chat.completions.create(
+                model=model, messages=PROMPT, max_tokens=24, temperature=1.0, top_p=0.95, seed=seed
+            )
+            .choices[0]
+            .message.content
+            or ""
+        )
 
     assert sample(1234) == sample(1234)
 
 
 def test_include_usage_chunk(client: openai.OpenAI, model: str) -> None:
-    chunks = list(client.chat.completions.create(
-        model=model, messages=PROMPT, max_tokens=4, temperature=0, stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=PROMPT,
+            max_tokens=4,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 4
@@ -139,30 +196,47 @@ def test_include_usage_chunk(client: openai.OpenAI, model: str) -> None:
 def test_multi_turn_reuses_prefix(client: openai.OpenAI, model: str) -> None:
     system = {"role": "system", "content": "You are a terse assistant. " * 8}
     first = [system, {"role": "user", "content": "Name a colour."}]
-    reply = client.chat.completions.create(model=model, messages=first, max_tokens=8,
-                                           temperature=0)
-    second = [*first, {"role": "assistant", "content": reply.choices[0].message.content},
-              {"role": "user", "content": "Another one."}]
-    again = client.chat.completions.create(model=model, messages=second, max_tokens=8,
-                                           temperature=0)
-    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    reply = client.chat.completions.create(model=model, messages=first, max_tokens=8, temperature=0)
+    second = [
+        *first,
+        {"role": "assistant", "content": reply.choices[0].message.content},
+        {"role": "user", "content": "Another one."},
+    ]
+    again = client.chat.completions.create(
+        model=model, messages=second, max_tokens=8, temperature=0
+    )
+    assert again.usage is not None
+    assert again.usage.prompt_tokens_details is not None
     assert again.usage.prompt_tokens_details.cached_tokens >= 40
 
 
 def test_sampling_parameters_are_accepted(client: openai.OpenAI, model: str) -> None:
     reply = client.chat.completions.create(
-        model=model, messages=PROMPT, max_tokens=8, temperature=0.7, top_p=0.9,
-        frequency_penalty=0.5, presence_penalty=0.5, seed=3, user="tester",
+        model=model,
+        messages=PROMPT,
+        max_tokens=8,
+        temperature=0.7,
+        top_p=0.9,
+        frequency_penalty=0.5,
+        presence_penalty=0.5,
+        seed=3,
+        user="tester",
         logit_bias={"0": -100},
-        extra_body={"top_k": 20, "min_p": 0.05, "repeat_penalty": 1.1})
+        extra_body={"top_k": 20, "min_p": 0.05, "repeat_penalty": 1.1},
+    )
     assert reply.choices[0].message.content
 
 
 def test_logit_bias_forces_a_token(client: openai.OpenAI, model: str) -> None:
     def forced(prompt: str) -> list[str]:
         reply = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=3,
-            temperature=0, logprobs=True, logit_bias={"1000": 100})
+            model=model,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=3,
+            temperature=0,
+            logprobs=True,
+            logit_bias={"1000": 100},
+        )
         return [e.token for e in reply.choices[0].logprobs.content]  # type: ignore[union-attr]
 
     first, second = forced("Hello"), forced("Tell me a story about a dragon.")
@@ -180,8 +254,13 @@ def test_parallel_streams_interleave(client: openai.OpenAI, model: str) -> None:
         try:
             prompt = [{"role": "user", "content": f"Count from {i} to {i + 30}."}]
             for chunk in client.chat.completions.create(
-                    model=model, messages=prompt, max_tokens=24, temperature=0,
-                    stream=True, extra_body={"ignore_eos": True}):
+                model=model,
+                messages=prompt,
+                max_tokens=24,
+                temperature=0,
+                stream=True,
+                extra_body={"ignore_eos": True},
+            ):
                 if chunk.choices and chunk.choices[0].delta.content:
                     arrivals[i].append(time.monotonic())
                 if chunk.choices and chunk.choices[0].finish_reason:
@@ -205,10 +284,18 @@ def test_parallel_streams_interleave(client: openai.OpenAI, model: str) -> None:
 
 
 def test_disconnect_frees_the_slot(base_url: str, http: httpx.Client, model: str) -> None:
-    body = {"model": model, "messages": PROMPT, "max_tokens": 1500, "stream": True,
-            "temperature": 0, "ignore_eos": True}
-    with httpx.Client(base_url=base_url, timeout=60) as own, \
-            own.stream("POST", "/v1/chat/completions", json=body) as response:
+    body = {
+        "model": model,
+        "messages": PROMPT,
+        "max_tokens": 1500,
+        "stream": True,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    with (
+        httpx.Client(base_url=base_url, timeout=60) as own,
+        own.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
         assert response.status_code == 200
         lines = 0
         for line in response.iter_lines():

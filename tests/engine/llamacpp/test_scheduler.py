@@ -60,13 +60,11 @@ async def test_shared_prefix_is_copied_from_a_busy_slot() -> None:
         system = {"role": "system", "content": "You answer in French. " * 10}
         prompt_a = engine.render_chat([system, {"role": "user", "content": "Hi"}])
         prompt_b = engine.render_chat([system, {"role": "user", "content": "Bye"}])
-        stream_a = engine.generate(GenerationRequest("a", prompt_a, greedy(40,
-                                                                            ignore_eos=True)))
+        stream_a = engine.generate(GenerationRequest("a", prompt_a, greedy(40, ignore_eos=True)))
         await stream_a.__anext__()  # A is running and holds the system prompt's KV
         result_b = await collect(engine.generate(GenerationRequest("b", prompt_b, greedy(4))))
         await stream_a.aclose()
-        shared = next(i for i, (x, y) in enumerate(zip(prompt_a, prompt_b, strict=False))
-                      if x != y)
+        shared = next(i for i, (x, y) in enumerate(zip(prompt_a, prompt_b, strict=False)) if x != y)
         assert result_b[0][-1].cached_tokens == shared
     finally:
         await engine.stop()
@@ -94,7 +92,8 @@ async def test_long_prompt_prefill_interleaves_with_decoding() -> None:
     try:
         short = engine.render_chat(CHAT)
         long_prompt = engine.render_chat(
-            [{"role": "user", "content": "Summarise: " + "the quick brown fox " * 120}])
+            [{"role": "user", "content": "Summarise: " + "the quick brown fox " * 120}]
+        )
         assert len(long_prompt) > 400
         stream_a = engine.generate(GenerationRequest("a", short, greedy(200, ignore_eos=True)))
         await stream_a.__anext__()
@@ -140,9 +139,12 @@ async def test_waiting_requests_are_served_in_turn() -> None:
     engine = await started(parallel=1, context_size=512, max_queue=8)
     try:
         prompt = engine.render_chat(CHAT)
-        results = await asyncio.gather(*(
-            collect(engine.generate(GenerationRequest(f"r{i}", prompt, greedy(6))))
-            for i in range(4)))
+        results = await asyncio.gather(
+            *(
+                collect(engine.generate(GenerationRequest(f"r{i}", prompt, greedy(6))))
+                for i in range(4)
+            )
+        )
         assert all(r[0][-1].completion_tokens == 6 for r in results)
         assert engine.stats().queued_requests == 0
     finally:
@@ -171,10 +173,14 @@ async def test_unified_pool_preempts_and_still_finishes_everything() -> None:
     engine = await started(parallel=4, context_size=256, kv_unified=True)
     try:
         prompt = engine.render_chat(CHAT)
-        results = await asyncio.gather(*(
-            collect(engine.generate(GenerationRequest(f"r{i}", prompt,
-                                                      greedy(80, ignore_eos=True))))
-            for i in range(4)))
+        results = await asyncio.gather(
+            *(
+                collect(
+                    engine.generate(GenerationRequest(f"r{i}", prompt, greedy(80, ignore_eos=True)))
+                )
+                for i in range(4)
+            )
+        )
         for result in results:
             assert result[0][-1].finish_reason == "length"
             assert result[0][-1].completion_tokens == 80
@@ -188,8 +194,9 @@ async def test_per_sequence_share_ends_with_length() -> None:
         assert engine.info.context_size == 256  # 256 / 4, rounded up to llama.cpp's 256
         prompt = engine.render_chat(CHAT)
         limit = engine.info.context_size
-        result = await collect(engine.generate(GenerationRequest(
-            "a", prompt, greedy(limit, ignore_eos=True))))
+        result = await collect(
+            engine.generate(GenerationRequest("a", prompt, greedy(limit, ignore_eos=True)))
+        )
         assert result[0][-1].finish_reason == "length"
         assert len(prompt) + result[0][-1].completion_tokens <= limit
     finally:
@@ -200,8 +207,11 @@ async def test_prompt_logprobs_score_every_prompt_token() -> None:
     engine = await started()
     try:
         prompt = engine.tokenize("The capital of France is")
-        result = await collect(engine.generate(GenerationRequest(
-            "a", prompt, greedy(2, logprobs=1), prompt_logprobs=1)))
+        result = await collect(
+            engine.generate(
+                GenerationRequest("a", prompt, greedy(2, logprobs=1), prompt_logprobs=1)
+            )
+        )
         scored = [t for d in result[0] for t in d.prompt_logprobs or []]
         assert len(scored) == len(prompt)
         assert scored[0].logprob is None

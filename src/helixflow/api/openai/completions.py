@@ -20,8 +20,10 @@ router = APIRouter()
     "/completions",
     response_model=Completion,
     responses={
-        200: {"description": "The completion; with `stream: true`, server-sent events of "
-              "`text_completion` objects ending with `data: [DONE]`."},
+        200: {
+            "description": "The completion; with `stream: true`, server-sent events of "
+            "`text_completion` objects ending with `data: [DONE]`."
+        },
         **ERROR_RESPONSES,
     },
     summary="Create a text completion (legacy)",

@@ -16,8 +16,13 @@ router = APIRouter()
 
 def _card(engine: LlamaCppEngine) -> ModelCard:
     info = engine.info
-    return ModelCard(id=info.model_id, created=info.created, owned_by=engine.config.owned_by,
-                     context_window=info.context_size, aliases=engine.config.aliases)
+    return ModelCard(
+        id=info.model_id,
+        created=info.created,
+        owned_by=engine.config.owned_by,
+        context_window=info.context_size,
+        aliases=engine.config.aliases,
+    )
 
 
 @router.get("/models", response_model=ModelList, summary="List the models this server serves")
@@ -31,6 +36,7 @@ async def list_models(engines: Annotated[EngineRegistry, Depends(get_engines)]) 
     responses={404: {"model": ErrorResponse, "description": "Unknown model"}},
     summary="Describe one model",
 )
-async def get_model(model: str,
-                    engines: Annotated[EngineRegistry, Depends(get_engines)]) -> ModelCard:
+async def get_model(
+    model: str, engines: Annotated[EngineRegistry, Depends(get_engines)]
+) -> ModelCard:
     return _card(engines.get(model))

@@ -8,8 +8,9 @@ from helixflow.engine.base import Engine, SamplingParams
 from helixflow.errors import ContextLengthExceededError, InvalidRequestError
 
 
-def check_context(engine: Engine, prompt_tokens: int, requested: int | None, *,
-                  what: str = "messages") -> int:
+def check_context(
+    engine: Engine, prompt_tokens: int, requested: int | None, *, what: str = "messages"
+) -> int:
     """Return the completion budget; raise a 400 with the counts when it cannot fit."""
     limit = engine.info.context_size
     if prompt_tokens >= limit:
@@ -40,14 +41,17 @@ def logit_bias_for(engine: Engine, fields: SamplingFields) -> dict[int, float]:
         if not 0 <= token < vocab:
             raise InvalidRequestError(
                 f"logit_bias refers to token {token}, outside this model's vocabulary "
-                f"(0..{vocab - 1})", param="logit_bias", code="invalid_logit_bias",
+                f"(0..{vocab - 1})",
+                param="logit_bias",
+                code="invalid_logit_bias",
             )
         bias[token] = value
     return bias
 
 
-def sampling_params(engine: Engine, fields: SamplingFields, *, max_tokens: int,
-                    logprobs: int | None) -> SamplingParams:
+def sampling_params(
+    engine: Engine, fields: SamplingFields, *, max_tokens: int, logprobs: int | None
+) -> SamplingParams:
     repeat = fields.repeat_penalty or fields.repetition_penalty or 1.0
     return SamplingParams(
         max_tokens=max_tokens,
@@ -70,5 +74,6 @@ def check_parallel(engine: Engine, n: int) -> None:
     if n > engine.info.parallel:
         raise InvalidRequestError(
             f"n={n} exceeds the {engine.info.parallel} parallel sequences this model serves",
-            param="n", code="n_too_large",
+            param="n",
+            code="n_too_large",
         )

@@ -130,7 +130,9 @@ class SamplingFields(_Request):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     repetition_penalty: float | None = Field(
-        default=None, gt=0.0, le=10.0,
+        default=None,
+        gt=0.0,
+        le=10.0,
         description="llama.cpp's repeat penalty (1.0 = off); `repeat_penalty` also accepted.",
     )
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
@@ -176,8 +178,9 @@ class SamplingFields(_Request):
     @model_validator(mode="after")
     def _check_stream_options(self) -> SamplingFields:
         if self.stream_options is not None and not self.stream:
-            raise invalid("stream_options",
-                          "`stream_options` is only allowed when `stream` is true")
+            raise invalid(
+                "stream_options", "`stream_options` is only allowed when `stream` is true"
+            )
         return self
 
     @property

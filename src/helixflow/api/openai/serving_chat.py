@@ -50,7 +50,8 @@ def message_dict(message: ChatMessage, index: int) -> dict[str, Any]:
             if not isinstance(part, TextContentPart):
                 raise InvalidRequestError(
                     f"This model accepts text only; message {index} has a {part.type!r} part.",
-                    param=f"messages[{index}].content", code="unsupported_content",
+                    param=f"messages[{index}].content",
+                    code="unsupported_content",
                 )
             texts.append(part.text)
         content = "".join(texts)
@@ -92,13 +93,15 @@ class ChatService:
         if fmt is not None and fmt.type != "text":
             raise InvalidRequestError(
                 f"response_format {fmt.type!r} is not supported yet by this server",
-                param="response_format", code="unsupported_response_format",
+                param="response_format",
+                code="unsupported_response_format",
             )
         choice = request.tool_choice
         if choice not in (None, "auto", "none"):
             raise InvalidRequestError(
                 "tool_choice other than 'auto' or 'none' is not supported yet by this server",
-                param="tool_choice", code="unsupported_tool_choice",
+                param="tool_choice",
+                code="unsupported_tool_choice",
             )
 
     async def complete(self, prepared: PreparedChat) -> ChatCompletion:
@@ -124,8 +127,11 @@ class ChatService:
             ChatChoice(
                 index=i,
                 message=AssistantMessage(content=texts[i]),
-                logprobs=(ChatChoiceLogprobs.model_validate(chat_logprobs(token_logprobs[i]))
-                          if want_logprobs else None),
+                logprobs=(
+                    ChatChoiceLogprobs.model_validate(chat_logprobs(token_logprobs[i]))
+                    if want_logprobs
+                    else None
+                ),
                 finish_reason=finish_reason(finish[i]),
             )
             for i in range(n)
@@ -139,8 +145,9 @@ class ChatService:
             system_fingerprint=prepared.engine.info.fingerprint,
         )
 
-    async def stream(self, prepared: PreparedChat,
-                     deltas: GenerationStream) -> AsyncIterator[bytes]:
+    async def stream(
+        self, prepared: PreparedChat, deltas: GenerationStream
+    ) -> AsyncIterator[bytes]:
         """SSE chunks: role first, content as it comes, one finish chunk per choice, [DONE]."""
         base = {
             "id": prepared.completion_id,
@@ -152,12 +159,26 @@ class ChatService:
         include_usage = prepared.request.include_usage
         usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
 
-        def chunk(index: int, delta: dict[str, Any], logprobs: Any = None,
-                  finish_reason: str | None = None) -> bytes:
-            return event({**base, "choices": [{
-                "index": index, "delta": delta, "logprobs": logprobs,
-                "finish_reason": finish_reason,
-            }], **usage_field})
+        def chunk(
+            index: int,
+            delta: dict[str, Any],
+            logprobs: Any = None,
+            finish_reason: str | None = None,
+        ) -> bytes:
+            return event(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": index,
+                            "delta": delta,
+                            "logprobs": logprobs,
+                            "finish_reason": finish_reason,
+                        }
+                    ],
+                    **usage_field,
+                }
+            )
 
         for index in range(prepared.request.n):
             yield chunk(index, {"role": "assistant", "content": ""})
@@ -181,4 +202,3 @@ class ChatService:
             totals = usage(prepared.prompt_tokens, completion_tokens, cached)
             yield event({**base, "choices": [], "usage": totals.model_dump()})
         yield DONE
-

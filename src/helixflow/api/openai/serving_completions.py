@@ -64,31 +64,38 @@ class CompletionService:
             what = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
             max_tokens = check_context(engine, len(tokens), request.max_tokens, what=what)
             wants_prompt_scores = request.echo and request.logprobs is not None
-            generations.append(GenerationRequest(
-                request_id=f"{completion_id}-{i}",
-                prompt_tokens=tokens,
-                sampling=sampling_params(engine, request, max_tokens=max_tokens,
-                                         logprobs=request.logprobs),
-                n=request.n,
-                prompt_logprobs=request.logprobs if wants_prompt_scores else None,
-            ))
+            generations.append(
+                GenerationRequest(
+                    request_id=f"{completion_id}-{i}",
+                    prompt_tokens=tokens,
+                    sampling=sampling_params(
+                        engine, request, max_tokens=max_tokens, logprobs=request.logprobs
+                    ),
+                    n=request.n,
+                    prompt_logprobs=request.logprobs if wants_prompt_scores else None,
+                )
+            )
         texts = [engine.detokenize(g.prompt_tokens) if request.echo else "" for g in generations]
-        return PreparedCompletion(request, engine, generations, texts, completion_id,
-                                  int(time.time()))
+        return PreparedCompletion(
+            request, engine, generations, texts, completion_id, int(time.time())
+        )
 
     @staticmethod
     def _tokenized_prompts(engine: Engine, request: CompletionRequest) -> list[list[int]]:
         raw = request.prompt
-        items: list[str | list[int]]
+        items: list[str | list[int]] = []
         if isinstance(raw, str):
             items = [raw]
-        elif raw and all(isinstance(x, int) for x in raw):
-            items = [[int(x) for x in raw]]  # type: ignore[union-attr]
+        elif all(isinstance(x, int) for x in raw):
+            items = [[x for x in raw if isinstance(x, int)]]
         else:
-            items = list(raw)  # type: ignore[arg-type]
+            items = [x for x in raw if isinstance(x, str | list)]
         if len(items) > MAX_PROMPTS:
-            raise InvalidRequestError(f"at most {MAX_PROMPTS} prompts per request",
-                                      param="prompt", code="too_many_prompts")
+            raise InvalidRequestError(
+                f"at most {MAX_PROMPTS} prompts per request",
+                param="prompt",
+                code="too_many_prompts",
+            )
         prompts: list[list[int]] = []
         for i, item in enumerate(items):
             if isinstance(item, str):
@@ -100,7 +107,8 @@ class CompletionService:
                 if bad is not None:
                     raise InvalidRequestError(
                         f"prompt[{i}] holds token {bad}, outside this model's vocabulary "
-                        f"(0..{engine.info.vocab_size - 1})", param="prompt",
+                        f"(0..{engine.info.vocab_size - 1})",
+                        param="prompt",
                         code="invalid_token",
                     )
                 tokens = list(item)
@@ -139,11 +147,18 @@ class CompletionService:
             echo = prepared.prompt_texts[index // prepared.request.n]
             logprobs = None
             if prepared.request.logprobs is not None:
-                scored = choice.prompt_tokens + choice.tokens if prepared.request.echo \
-                    else choice.tokens
+                scored = (
+                    choice.prompt_tokens + choice.tokens if prepared.request.echo else choice.tokens
+                )
                 logprobs = CompletionLogprobs.model_validate(legacy_logprobs(scored))
-            out.append(CompletionChoice(index=index, text=echo + choice.text, logprobs=logprobs,
-                                        finish_reason=finish_reason(choice.finish_reason)))
+            out.append(
+                CompletionChoice(
+                    index=index,
+                    text=echo + choice.text,
+                    logprobs=logprobs,
+                    finish_reason=finish_reason(choice.finish_reason),
+                )
+            )
         return Completion(
             id=prepared.completion_id,
             created=prepared.created,
@@ -153,8 +168,9 @@ class CompletionService:
             system_fingerprint=prepared.engine.info.fingerprint,
         )
 
-    async def stream(self, prepared: PreparedCompletion,
-                     opened: list[GenerationStream]) -> AsyncIterator[bytes]:
+    async def stream(
+        self, prepared: PreparedCompletion, opened: list[GenerationStream]
+    ) -> AsyncIterator[bytes]:
         base = {
             "id": prepared.completion_id,
             "object": "text_completion",
@@ -168,9 +184,20 @@ class CompletionService:
         offsets = [0] * (len(prepared.generations) * request.n)
 
         def chunk(index: int, text: str, logprobs: Any, finish: str | None) -> bytes:
-            return event({**base, "choices": [{
-                "index": index, "text": text, "logprobs": logprobs, "finish_reason": finish,
-            }], **usage_field})
+            return event(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": index,
+                            "text": text,
+                            "logprobs": logprobs,
+                            "finish_reason": finish,
+                        }
+                    ],
+                    **usage_field,
+                }
+            )
 
         completion_tokens = cached = 0
         try:
@@ -213,4 +240,3 @@ async def _tagged(index: int, deltas: AsyncIterator[Delta]) -> AsyncIterator[tup
         aclose = getattr(deltas, "aclose", None)
         if aclose is not None:
             await aclose()
-

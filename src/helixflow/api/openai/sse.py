@@ -45,13 +45,13 @@ async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
     live = len(tasks)
     try:
         while live:
-            _, item, exc = await queue.get()
+            _, received, exc = await queue.get()
             if exc is not None:
                 raise exc
-            if item is None:
+            if received is None:
                 live -= 1
                 continue
-            yield item
+            yield received
     finally:
         for task in tasks:
             task.cancel()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,17 @@ class LlamaCppEngine:
         )
         model = await asyncio.to_thread(LlamaModel, path, options)
         self._model = model
-        source = (load_template_source(cfg.chat_template) if cfg.chat_template
-                  else model.chat_template())
+        source = (
+            load_template_source(cfg.chat_template) if cfg.chat_template else model.chat_template()
+        )
         if source is None:
             architecture = model.metadata("general.architecture")
             source = fallback_template(architecture)
-            log.info("%s carries no chat template; using the %s format", path.name,
-                     architecture if source != fallback_template(None) else "ChatML")
+            log.info(
+                "%s carries no chat template; using the %s format",
+                path.name,
+                architecture if source != fallback_template(None) else "ChatML",
+            )
         self._template = ChatTemplate(
             source,
             bos_token=model.token_text(model.bos_id) if model.bos_id >= 0 else "",
@@ -126,8 +130,7 @@ class LlamaCppEngine:
 
     # -- text ----------------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        return self._require_model().tokenize(text, add_special=add_special,
-                                              parse_special=False)
+        return self._require_model().tokenize(text, add_special=add_special, parse_special=False)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         model = self._require_model()
@@ -145,8 +148,9 @@ class LlamaCppEngine:
     ) -> list[int]:
         model = self._require_model()
         assert self._template is not None
-        text = self._template.render(messages, tools=tools,
-                                     add_generation_prompt=add_generation_prompt)
+        text = self._template.render(
+            messages, tools=tools, add_generation_prompt=add_generation_prompt
+        )
         bos = self._template.bos_token
         add_bos = model.add_bos and not (bos and text.startswith(bos))
         tokens = model.tokenize(text, add_special=False, parse_special=True)
@@ -203,8 +207,11 @@ class GenerationStream:
             self._remaining = 0
             self._group.cancelled = True
             self._scheduler.cancel(self._group.request_id)
-            log.info("request %s cancelled by the client after %.2fs",
-                     self._group.request_id, time.monotonic() - self._started)
+            log.info(
+                "request %s cancelled by the client after %.2fs",
+                self._group.request_id,
+                time.monotonic() - self._started,
+            )
 
     def __del__(self) -> None:
         if self._remaining > 0:

@@ -75,8 +75,9 @@ class LlamaModel:
         ctx = llama_cpp.llama_init_from_model(model, ctx_params)
         if not ctx:
             llama_cpp.llama_model_free(model)
-            raise EngineError(f"llama.cpp could not create a context for {path}",
-                              code="context_init_failed")
+            raise EngineError(
+                f"llama.cpp could not create a context for {path}", code="context_init_failed"
+            )
         self._ctx = ctx
         self._memory = llama_cpp.llama_get_memory(ctx)
         self._vocab = llama_cpp.llama_model_get_vocab(model)
@@ -92,7 +93,11 @@ class LlamaModel:
         self.fingerprint = _file_fingerprint(path)
         log.info(
             "loaded %s (%s, n_ctx=%d, %d per sequence, n_seq_max=%d, threads=%d)",
-            path.name, self.description, self.n_ctx, self.n_ctx_seq, options.parallel,
+            path.name,
+            self.description,
+            self.n_ctx,
+            self.n_ctx_seq,
+            options.parallel,
             options.threads,
         )
 
@@ -140,13 +145,15 @@ class LlamaModel:
         data = text.encode("utf-8")
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity,
-                                     add_special, parse_special)
+        n = llama_cpp.llama_tokenize(
+            self._vocab, data, len(data), buf, capacity, add_special, parse_special
+        )
         if n < 0:
             capacity = -n
             buf = (llama_cpp.llama_token * capacity)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity,
-                                         add_special, parse_special)
+            n = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), buf, capacity, add_special, parse_special
+            )
         if n < 0:
             raise EngineError("tokenization failed", code="tokenize_failed")
         return list(buf[:n])
@@ -186,8 +193,10 @@ class LlamaModel:
 
 
 def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else (os.cpu_count() or 1))
+    return max(
+        1,
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+    )
 
 
 def _file_fingerprint(path: Path) -> str:

@@ -35,12 +35,20 @@ class SamplerChain:
                 arr[i] = llama_cpp.llama_logit_bias(token, bias)
             self._bias_array = arr  # keep alive as long as the sampler
             add(llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(items), arr))
-        if (params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0
-                or params.presence_penalty != 0.0):
-            add(llama_cpp.llama_sampler_init_penalties(
-                model.n_vocab, params.penalty_last_n, params.repeat_penalty,
-                params.frequency_penalty, params.presence_penalty,
-            ))
+        if (
+            params.repeat_penalty != 1.0
+            or params.frequency_penalty != 0.0
+            or params.presence_penalty != 0.0
+        ):
+            add(
+                llama_cpp.llama_sampler_init_penalties(
+                    model.n_vocab,
+                    params.penalty_last_n,
+                    params.repeat_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                )
+            )
         if params.greedy:
             add(llama_cpp.llama_sampler_init_greedy())
         else:
@@ -87,8 +95,11 @@ def token_logprob(
         candidates = np.argpartition(logprobs, -top_n)[-top_n:]
         ordered = candidates[np.argsort(-logprobs[candidates])]
         top = tuple(
-            TopLogprob(token=_text(model, int(t)), token_bytes=model.token_bytes(int(t)),
-                       logprob=float(logprobs[t]))
+            TopLogprob(
+                token=_text(model, int(t)),
+                token_bytes=model.token_bytes(int(t)),
+                logprob=float(logprobs[t]),
+            )
             for t in ordered
         )
     return TokenLogprob(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -73,8 +74,9 @@ class _BatchEntry:
 class Scheduler:
     """Owns the decode thread; every llama.cpp context call after loading happens there."""
 
-    def __init__(self, model: LlamaModel, options: SchedulerOptions,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, model: LlamaModel, options: SchedulerOptions, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self._model = model
         self._opts = options
         self._loop = loop
@@ -114,8 +116,9 @@ class Scheduler:
         with self._lock:
             free = sum(1 for s in self._slots if s.owner is None)
             if self._queued >= self._opts.max_queue and self._queued + group.request.n > free:
-                raise QueueFullError(self._opts.model_id, self._queued,
-                                     retry_after=self._opts.retry_after_s)
+                raise QueueFullError(
+                    self._opts.model_id, self._queued, retry_after=self._opts.retry_after_s
+                )
             self._queued += 1
             self._inbox.append(group)
         self._wake.set()
@@ -206,8 +209,9 @@ class Scheduler:
                 slot=slot,
                 tokens=list(prompt),
                 max_tokens=request.sampling.max_tokens,
-                sampler=SamplerChain(self._model, request.sampling,
-                                     None if seed is None else seed + index),
+                sampler=SamplerChain(
+                    self._model, request.sampling, None if seed is None else seed + index
+                ),
                 admitted=self._clock,
                 stop=StopMatcher(request.sampling.stop),
             )
@@ -225,8 +229,9 @@ class Scheduler:
         self._running.extend(seqs)
         self._prompt_reused += reused
 
-    def _place_prompt(self, prompt: list[int], free: list[Slot],
-                      no_reuse: bool) -> tuple[Slot, int]:
+    def _place_prompt(
+        self, prompt: list[int], free: list[Slot], no_reuse: bool
+    ) -> tuple[Slot, int]:
         """Pick a free slot for ``prompt`` and bring the longest cached prefix into it."""
         mem = self._model.memory
         if no_reuse or not self._opts.prefix_cache:
@@ -239,8 +244,7 @@ class Scheduler:
         source_len = common_prefix_len(source.tokens, prompt)
         limit = len(prompt) - 1  # the last prompt token is always fed, for its logits
         if source_len > best_free_len and min(source_len, limit) > 0:
-            target = (best_free if best_free_len == 0
-                      else min(free, key=lambda s: s.last_used))
+            target = best_free if best_free_len == 0 else min(free, key=lambda s: s.last_used)
             reuse = min(source_len, limit)
             self._clear_slot(target)
             # Whole-sequence copies work in both cache layouts (across per-sequence streams
@@ -333,8 +337,11 @@ class Scheduler:
                 self._finish(seq, "length")
             return bool(self._running)
         victim = max(running, key=lambda s: (s.admitted, s.index))
-        log.info("%s: KV cache full, preempting request %s (recomputed later)",
-                 self._opts.model_id, victim.group.request_id)
+        log.info(
+            "%s: KV cache full, preempting request %s (recomputed later)",
+            self._opts.model_id,
+            victim.group.request_id,
+        )
         self._clear_slot(victim.slot)
         victim.n_past = 0
         victim.phase = Phase.PREEMPTED
@@ -345,8 +352,9 @@ class Scheduler:
         return self._model.n_ctx - sum(len(s.tokens) for s in self._slots)
 
     def _resume_preempted(self) -> None:
-        preempted = sorted((s for s in self._running if s.phase is Phase.PREEMPTED),
-                           key=lambda s: s.admitted)
+        preempted = sorted(
+            (s for s in self._running if s.phase is Phase.PREEMPTED), key=lambda s: s.admitted
+        )
         for seq in preempted:
             active = [s for s in self._running if s.phase is Phase.RUNNING]
             headroom = 8 * len(active)
@@ -360,7 +368,7 @@ class Scheduler:
 
     def _after_decode(self, entry: _BatchEntry) -> None:
         seq = entry.seq
-        fed = seq.tokens[entry.start: entry.start + entry.count]
+        fed = seq.tokens[entry.start : entry.start + entry.count]
         seq.slot.tokens.extend(fed)
         seq.n_past += entry.count
         if seq.generated == 0:
@@ -370,8 +378,9 @@ class Scheduler:
         if not entry.wants_sample:
             return
         row = entry.first_row + entry.count - 1
-        siblings = [s for s in seq.group.sequences if s.parent is seq
-                    and s.phase is Phase.WAITING_PARENT]
+        siblings = [
+            s for s in seq.group.sequences if s.parent is seq and s.phase is Phase.WAITING_PARENT
+        ]
         for sibling in siblings:
             self._fork(seq, sibling)
         for target in (seq, *siblings):
@@ -404,16 +413,13 @@ class Scheduler:
             logprobs = [token_logprob(model, scores, token, sampling.logprobs)]
         text = seq.stop.push(seq.utf8.push(model.token_bytes(token)))
         if seq.stop.stopped:
-            self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token],
-                                  logprobs=logprobs))
+            self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token], logprobs=logprobs))
             self._finish(seq, "stop")
         elif seq.generated >= seq.max_tokens or len(seq.tokens) >= model.n_ctx_seq:
-            self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token],
-                                  logprobs=logprobs))
+            self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token], logprobs=logprobs))
             self._finish(seq, "length")
         else:
-            self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token],
-                                  logprobs=logprobs))
+            self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token], logprobs=logprobs))
 
     def _emit_prompt_logprobs(self, entry: _BatchEntry) -> None:
         seq = entry.seq
@@ -422,8 +428,7 @@ class Scheduler:
         out: list[TokenLogprob] = []
         if entry.start == 0:
             first = seq.tokens[0]
-            out.append(TokenLogprob(first, model.token_text(first), model.token_bytes(first),
-                                    None))
+            out.append(TokenLogprob(first, model.token_text(first), model.token_bytes(first), None))
         prompt_len = len(seq.group.request.prompt_tokens)
         for offset in range(entry.count):
             pos = entry.start + offset
@@ -448,8 +453,16 @@ class Scheduler:
         slot.last_used = self._clock
         if seq.parent is not None or seq.n_past == 0:
             self._clear_slot(slot)
-        self._emit(seq, Delta(index=seq.index, text=tail, finish_reason=reason,  # type: ignore[arg-type]
-                              completion_tokens=seq.generated, cached_tokens=seq.cached_tokens))
+        self._emit(
+            seq,
+            Delta(
+                index=seq.index,
+                text=tail,
+                finish_reason=reason,  # type: ignore[arg-type]
+                completion_tokens=seq.generated,
+                cached_tokens=seq.cached_tokens,
+            ),
+        )
 
     def _emit(self, seq: Sequence, delta: Delta) -> None:
         group = seq.group
@@ -483,10 +496,9 @@ class Scheduler:
         if not self._outbox:
             return
         outbox, self._outbox = self._outbox, []
-        try:
+        # RuntimeError: the event loop is closed, so nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(_deliver, outbox)
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            pass
 
 
 def _deliver(outbox: list[tuple[Group, list[Delta] | BaseException]]) -> None:
