@@ -18,9 +18,20 @@ when it stops on end-of-sequence, which slightly favours it.
 
 Is the load generator the bottleneck? ``--servers trivial`` points it at a trivial SSE server
 (this script, in a child process) that streams ``max_tokens`` chunks as fast as it can.
-Measured on the 2-core development machine: about 9,000-10,000 chunks/s at concurrency 16
-(40x what the real servers reach), with the client using ~1 ms of CPU per 10 chunks; the
-"client CPU" column shows what the generator used during each level of the real run.
+Measured on the 2-core development machine (``--servers trivial --requests 200``): about
+70,000 chunks/s at concurrency 1 and 100,000-120,000 at 4-16, the client then using one full
+core (~10 us of client CPU per streamed token): several hundred times what the real servers
+reach (70-300 tok/s), where the client uses 1-3 % of a core ("client CPU" column). It still
+shares the machine's cores with the server under test, as a real client on the host would.
+
+Every request opens its own connection (llama-server drops kept-alive connections after a
+streamed reply). The same eight prompts recur at every level, so servers with a prompt cache
+(HelixFlow, llama-server) may reuse the prompts' KV after the first level, as they would a
+shared system prompt.
+
+Example (the full default run takes about 5 minutes on 2 cores):
+  .venv/bin/python benchmarks/engine_throughput.py \\
+      --json-out benchmarks/results/engine.json --markdown-out benchmarks/results/engine.md
 
 Set-up: ``pip install sse-starlette starlette-context`` (the pure-Python extras of
 ``llama-cpp-python[server]``; do not reinstall llama-cpp-python itself) and
@@ -212,8 +223,8 @@ class ServerKind(ABC):
         """Why this server cannot run here, or None."""
         return None
 
-    def extra_body(self) -> dict[str, Any]:
-        return {}
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
 
 
 class HelixFlow(ServerKind):
@@ -236,8 +247,9 @@ class HelixFlow(ServerKind):
         launcher = [str(script)] if script.exists() else [sys.executable, "-m", "helixflow"]
         return [*launcher, "serve", "--port", str(port), "--config", str(config_file)]
 
-    def extra_body(self) -> dict[str, Any]:
-        return {"repeat_penalty": 1.0}
+    def env(self) -> dict[str, str]:
+        # HELIXFLOW_* variables outrank the config file: keep the caller's out of the run.
+        return {k: v for k, v in os.environ.items() if not k.startswith("HELIXFLOW_")}
 
 
 class LlamaCppPython(ServerKind):
@@ -265,9 +277,6 @@ class LlamaCppPython(ServerKind):
             cmd += ["--n_threads", str(cfg.threads)]
         return cmd
 
-    def extra_body(self) -> dict[str, Any]:
-        return {"repeat_penalty": 1.0}  # its default is 1.1
-
 
 class LlamaServer(ServerKind):
     name = "llama-server"
@@ -287,9 +296,6 @@ class LlamaServer(ServerKind):
         if cfg.threads is not None:
             cmd += ["-t", str(cfg.threads)]
         return cmd
-
-    def extra_body(self) -> dict[str, Any]:
-        return {"repeat_penalty": 1.0}
 
 
 class Trivial(ServerKind):
@@ -354,7 +360,7 @@ def running_server(kind: ServerKind, cfg: BenchConfig) -> Iterator[RunningServer
     with log_file.open("wb") as log:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=cfg.log_dir,
+            start_new_session=True, cwd=cfg.log_dir, env=kind.env(),
         )  # fmt: skip
     _LIVE[proc.pid] = proc
     try:
@@ -366,7 +372,7 @@ def running_server(kind: ServerKind, cfg: BenchConfig) -> Iterator[RunningServer
 # --------------------------------------------------------------------------- load generator
 
 
-def request_body(kind: ServerKind, prompt: str, max_tokens: int) -> dict[str, Any]:
+def request_body(prompt: str, max_tokens: int) -> dict[str, Any]:
     return {
         "model": MODEL_NAME,
         "messages": [{"role": "user", "content": prompt}],
@@ -374,7 +380,8 @@ def request_body(kind: ServerKind, prompt: str, max_tokens: int) -> dict[str, An
         "temperature": 0.0,
         "stream": True,
         "stream_options": {"include_usage": True},
-        **kind.extra_body(),
+        # llama-cpp-python defaults to 1.1, the others to 1.0; all three accept the field.
+        "repeat_penalty": 1.0,
     }
 
 
@@ -473,10 +480,13 @@ async def wait_ready(server: RunningServer, limit_s: float) -> None:
 async def bench_server(server: RunningServer, cfg: BenchConfig) -> list[LevelResult]:
     await wait_ready(server, cfg.ready_timeout)
     url = server.base_url + "/v1/chat/completions"
-    connector = aiohttp.TCPConnector(limit=0)
+    # A new connection per request: llama-server closes a connection after each streamed
+    # reply while announcing keep-alive, and a reused dead connection fails the next request
+    # ("Can not write request body"). A loopback connect costs well under a millisecond.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        warm = [request_body(server.kind, PROMPTS[i % len(PROMPTS)], 32) for i in range(cfg.warmup)]
+        warm = [request_body(PROMPTS[i % len(PROMPTS)], 32) for i in range(cfg.warmup)]
         warm_results, _ = await run_level(session, url, warm, min(len(warm), 4) or 1)
         failed = [r.error for r in warm_results if not r.ok]
         if failed:
@@ -484,10 +494,7 @@ async def bench_server(server: RunningServer, cfg: BenchConfig) -> list[LevelRes
         levels = []
         for concurrency in cfg.concurrency:
             n = cfg.requests_for(concurrency)
-            bodies = [
-                request_body(server.kind, PROMPTS[i % len(PROMPTS)], cfg.max_tokens)
-                for i in range(n)
-            ]
+            bodies = [request_body(PROMPTS[i % len(PROMPTS)], cfg.max_tokens) for i in range(n)]
             cpu0, srv0 = time.process_time(), process_cpu_seconds(server.proc.pid)
             results, wall = await run_level(session, url, bodies, concurrency)
             cpu1, srv1 = time.process_time(), process_cpu_seconds(server.proc.pid)
@@ -527,6 +534,15 @@ class ServerRun:
             if level.concurrency == concurrency:
                 return float(level.summary()["tok_s"])
         return None
+
+    def tok_s_cell(self, concurrency: int) -> str:
+        """Throughput for the ratio table, flagged when some of the level's requests failed."""
+        for level in self.levels:
+            if level.concurrency == concurrency:
+                s = level.summary()
+                failed = s["requests"] - s["ok"]
+                return _fmt(float(s["tok_s"])) + (f" ({failed} failed)" if failed else "")
+        return "—"
 
 
 def run_one(kind: ServerKind, cfg: BenchConfig, retok: Retokenizer) -> ServerRun:
@@ -622,11 +638,12 @@ def ratio_rows(runs: dict[str, ServerRun], concurrency: list[int]) -> list[list[
     rows = []
     for c in concurrency:
         mine = hf.tok_s(c) if hf else None
-        row = [str(c), _fmt(mine)]
+        row = [str(c), hf.tok_s_cell(c) if hf else "—"]
         for peer in PEERS:
             theirs = runs[peer].tok_s(c) if peer in runs else None
             ratio = mine / theirs if mine is not None and theirs else None
-            row += [_fmt(theirs), "—" if ratio is None else f"{ratio:.2f}x"]
+            row += [runs[peer].tok_s_cell(c) if peer in runs else "—"]
+            row += ["—" if ratio is None else f"{ratio:.2f}x"]
             row.append(_target_mark(c, peer, ratio))
         rows.append(row)
     return rows
@@ -658,7 +675,7 @@ def _fmt(value: Any) -> str:
 
 def print_tables(runs: dict[str, ServerRun], cfg: BenchConfig) -> None:
     for run in runs.values():
-        if run.skipped:
+        if not run.levels:
             continue
         table = Table(title=f"{run.name}", caption=f"output tokens: {run.counting()}")
         for header, _ in LEVEL_COLUMNS:
@@ -911,9 +928,13 @@ def main(argv: list[str] | None = None) -> int:
         serve_trivial(args.trivial_server_port)
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
+    model = (args.model or default_model()).resolve()
+    if not model.is_file():
+        console.print(f"[red]model not found:[/red] {model}")
+        return 2
     log_dir = Path(tempfile.mkdtemp(prefix="helixflow-bench-"))
     cfg = BenchConfig(
-        model=(args.model or default_model()).resolve(),
+        model=model,
         concurrency=args.concurrency,
         requests=args.requests,
         max_tokens=args.max_tokens,
@@ -924,15 +945,16 @@ def main(argv: list[str] | None = None) -> int:
         llama_server_bin=args.llama_server_bin,
         log_dir=log_dir,
     )
-    if not cfg.model.is_file():
-        console.print(f"[red]model not found:[/red] {cfg.model}")
-        return 2
     meta = run_metadata(cfg)
     console.print(f"model {cfg.model}; logs in {log_dir}", style="dim")
     retok = Retokenizer(cfg.model)
     runs: dict[str, ServerRun] = {}
-    for name in args.servers:
-        runs[name] = run_one(SERVER_KINDS[name], cfg, retok)
+    try:
+        for name in args.servers:
+            runs[name] = run_one(SERVER_KINDS[name], cfg, retok)
+    except KeyboardInterrupt:  # the server was stopped on the way out of running_server()
+        console.print(f"[yellow]interrupted[/yellow]; server logs in {log_dir}")
+        return 130
     print_tables(runs, cfg)
     if args.json_out:
         args.json_out.write_bytes(
@@ -944,7 +966,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"wrote {args.markdown_out}")
     failed = [r for r in runs.values() if r.failed]
     if failed:
-        console.print(f"[red]server logs kept in {log_dir}[/red]")
+        console.print(f"[red]{', '.join(r.name for r in failed)} failed; logs in {log_dir}[/red]")
         return 1
     shutil.rmtree(log_dir, ignore_errors=True)
     return 0
