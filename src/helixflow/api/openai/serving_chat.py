@@ -20,7 +20,7 @@ from helixflow.api.openai.protocol import (
     TextContentPart,
 )
 from helixflow.api.openai.shaping import finish_reason, usage
-from helixflow.api.openai.sse import DONE, error_event, event
+from helixflow.api.openai.sse import DONE, ChunkWriter, error_event
 from helixflow.engine.base import Engine, GenerationRequest, GenerationStream
 from helixflow.engine.registry import EngineRegistry
 from helixflow.errors import HelixFlowError, InvalidRequestError
@@ -149,15 +149,14 @@ class ChatService:
         self, prepared: PreparedChat, deltas: GenerationStream
     ) -> AsyncIterator[bytes]:
         """SSE chunks: role first, content as it comes, one finish chunk per choice, [DONE]."""
-        base = {
-            "id": prepared.completion_id,
-            "object": "chat.completion.chunk",
-            "created": prepared.created,
-            "model": prepared.request.model,
-            "system_fingerprint": prepared.engine.info.fingerprint,
-        }
-        include_usage = prepared.request.include_usage
-        usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
+        writer = ChunkWriter(
+            completion_id=prepared.completion_id,
+            object_name="chat.completion.chunk",
+            created=prepared.created,
+            model=prepared.request.model,
+            fingerprint=prepared.engine.info.fingerprint,
+            include_usage=prepared.request.include_usage,
+        )
 
         def chunk(
             index: int,
@@ -165,18 +164,12 @@ class ChatService:
             logprobs: Any = None,
             finish_reason: str | None = None,
         ) -> bytes:
-            return event(
+            return writer.choice(
                 {
-                    **base,
-                    "choices": [
-                        {
-                            "index": index,
-                            "delta": delta,
-                            "logprobs": logprobs,
-                            "finish_reason": finish_reason,
-                        }
-                    ],
-                    **usage_field,
+                    "index": index,
+                    "delta": delta,
+                    "logprobs": logprobs,
+                    "finish_reason": finish_reason,
                 }
             )
 
@@ -198,7 +191,7 @@ class ChatService:
             return
         finally:
             deltas.cancel()
-        if include_usage:
+        if prepared.request.include_usage:
             totals = usage(prepared.prompt_tokens, completion_tokens, cached)
-            yield event({**base, "choices": [], "usage": totals.model_dump()})
+            yield writer.usage(totals.model_dump())
         yield DONE

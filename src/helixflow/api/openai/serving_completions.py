@@ -17,7 +17,7 @@ from helixflow.api.openai.protocol import (
     CompletionRequest,
 )
 from helixflow.api.openai.shaping import finish_reason, usage
-from helixflow.api.openai.sse import DONE, error_event, event, merge
+from helixflow.api.openai.sse import DONE, ChunkWriter, error_event, merge
 from helixflow.engine.base import Delta, Engine, GenerationRequest, GenerationStream, TokenLogprob
 from helixflow.engine.registry import EngineRegistry
 from helixflow.errors import HelixFlowError, InvalidRequestError
@@ -171,32 +171,20 @@ class CompletionService:
     async def stream(
         self, prepared: PreparedCompletion, opened: list[GenerationStream]
     ) -> AsyncIterator[bytes]:
-        base = {
-            "id": prepared.completion_id,
-            "object": "text_completion",
-            "created": prepared.created,
-            "model": prepared.request.model,
-            "system_fingerprint": prepared.engine.info.fingerprint,
-        }
         request = prepared.request
-        include_usage = request.include_usage
-        usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
         offsets = [0] * (len(prepared.generations) * request.n)
+        writer = ChunkWriter(
+            completion_id=prepared.completion_id,
+            object_name="text_completion",
+            created=prepared.created,
+            model=request.model,
+            fingerprint=prepared.engine.info.fingerprint,
+            include_usage=request.include_usage,
+        )
 
         def chunk(index: int, text: str, logprobs: Any, finish: str | None) -> bytes:
-            return event(
-                {
-                    **base,
-                    "choices": [
-                        {
-                            "index": index,
-                            "text": text,
-                            "logprobs": logprobs,
-                            "finish_reason": finish,
-                        }
-                    ],
-                    **usage_field,
-                }
+            return writer.choice(
+                {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
             )
 
         completion_tokens = cached = 0
@@ -226,9 +214,12 @@ class CompletionService:
         except HelixFlowError as exc:
             yield error_event(exc)
             return
-        if include_usage:
+        finally:
+            for stream in opened:
+                stream.cancel()
+        if request.include_usage:
             totals = usage(prepared.prompt_tokens, completion_tokens, cached)
-            yield event({**base, "choices": [], "usage": totals.model_dump()})
+            yield writer.usage(totals.model_dump())
         yield DONE
 
 

@@ -24,6 +24,40 @@ def error_event(exc: HelixFlowError) -> bytes:
     return event(exc.envelope())
 
 
+class ChunkWriter:
+    """Serializes the chunks of one streamed reply. The fields every chunk repeats are
+    encoded once; each chunk then only encodes its one choice."""
+
+    def __init__(
+        self,
+        *,
+        completion_id: str,
+        object_name: str,
+        created: int,
+        model: str,
+        fingerprint: str,
+        include_usage: bool,
+    ) -> None:
+        head = orjson.dumps(
+            {
+                "id": completion_id,
+                "object": object_name,
+                "created": created,
+                "model": model,
+                "system_fingerprint": fingerprint,
+            }
+        )
+        self._head = head[:-1]
+        self._prefix = b"data: " + self._head + b',"choices":['
+        self._suffix = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
+
+    def choice(self, payload: dict[str, Any]) -> bytes:
+        return self._prefix + orjson.dumps(payload) + self._suffix
+
+    def usage(self, totals: dict[str, Any]) -> bytes:
+        return b"data: " + self._head + b',"choices":[],"usage":' + orjson.dumps(totals) + b"}\n\n"
+
+
 async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
     """Yield items from several async iterators as they come; closing this closes them all."""
     if len(streams) == 1:
