@@ -5,9 +5,26 @@ Within one run, on the same GGUF file, this starts each server in turn on a free
 ``/v1/chat/completions`` requests (temperature 0, repeat penalty 1.0, a handful of varied
 short prompts) at each concurrency level from a closed-loop aiohttp load generator: N workers
 keep N requests in flight until the level's requests are done. It stops the server before
-starting the next, prints one table per server and a ratio table against the peers, and
-marks the targets (concurrency 8: >= 2x llama-cpp-python and >= 0.9x llama-server;
-concurrency 1: >= 0.95x llama-cpp-python). It only reports: no threshold fails the run.
+starting the next.
+
+Servers (``--servers``): ``helixflow`` (HelixFlow with ``flash_attention: off``, its default),
+``helixflow-fa`` (the same with ``flash_attention: auto``), ``llama-cpp-python`` (flash
+attention off, its default) and ``llama-server`` (``-fa auto``, its default, which turns it on
+for the CPU); ``trivial`` is described below.
+
+Rounds. On a small shared machine the same configuration measured twice varies by about
++-15 %, so one pass per server makes the ratios unreliable. The whole sequence therefore runs
+``--rounds`` times (default 3): each round starts every server in turn, runs every
+concurrency level and stops it, and the order rotates from round to round (A B C, then B C A,
+then C A B) so that no server always runs in the same slot. Per server and level the tables
+give the median tok/s over the rounds and its min-max; TTFT and latency percentiles pool all
+requests of all rounds. HelixFlow / peer ratios are taken within each round (the two servers
+measured minutes apart) and reported as the median ratio with its min-max over the rounds,
+for both HelixFlow variants; the targets (concurrency 8: >= 2x llama-cpp-python and >= 0.9x
+llama-server; concurrency 1: >= 0.95x llama-cpp-python) are judged on the median ratio. It
+only reports: no threshold fails the run. ``--json-out`` keeps every round's numbers and every
+request. A rough estimate of the run time is printed at the start and refined after each
+round.
 
 Output tokens are counted per request from ``usage.completion_tokens`` where the server
 sends it for ``stream_options.include_usage`` (HelixFlow, llama-server), otherwise as the
@@ -27,11 +44,11 @@ shares the machine's cores with the server under test, as a real client on the h
 Every request opens its own connection (llama-server drops kept-alive connections after a
 streamed reply). The same eight prompts recur at every level, so servers with a prompt cache
 (HelixFlow, llama-server) may reuse the prompts' KV after the first level, as they would a
-shared system prompt.
+shared system prompt. Every round starts each server afresh, so no cache outlives a round.
 
-Example (the full default run takes about 5 minutes on 2 cores):
+Example (the full default run, 4 servers x 3 rounds, takes about 14 minutes on 2 cores):
   .venv/bin/python benchmarks/engine_throughput.py \\
-      --json-out benchmarks/results/engine.json --markdown-out benchmarks/results/engine.md
+      --json-out benchmarks/results/engine.json --markdown-out docs/benchmarks-latest.md
 
 Set-up: ``pip install sse-starlette starlette-context`` (the pure-Python extras of
 ``llama-cpp-python[server]``; do not reinstall llama-cpp-python itself) and
@@ -52,6 +69,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,6 +90,7 @@ from rich.table import Table
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LLAMA_SERVER = REPO_ROOT / ".build" / "llama-server" / "bin" / "llama-server"
 MODEL_NAME = "bench"
+HELIXFLOW_VARIANTS = ("helixflow", "helixflow-fa")
 PEERS = ("llama-cpp-python", "llama-server")
 # (concurrency, peer, minimum HelixFlow / peer throughput ratio): the issue's targets.
 TARGETS: tuple[tuple[int, str, float], ...] = (
@@ -79,6 +98,9 @@ TARGETS: tuple[tuple[int, str, float], ...] = (
     (8, "llama-cpp-python", 2.0),
     (8, "llama-server", 0.9),
 )
+WARMUP_MAX_TOKENS = 32
+# For the run-time estimate only: start-up, stop and settling per server and round.
+START_STOP_S = 4.0
 PROMPTS: tuple[str, ...] = (
     "Write a short story about a lighthouse keeper.",
     "Explain how a bicycle stays upright.",
@@ -161,6 +183,48 @@ class LevelResult:
         }
 
 
+def pooled_summary(levels: Sequence[tuple[int, LevelResult]]) -> dict[str, Any]:
+    """One server's level over several rounds, given as (round number, level) pairs.
+
+    tok/s, retok tok/s and CPU % are medians over the rounds (with tok/s's min, max and
+    per-round values); TTFT and latency percentiles pool every request of every round;
+    request, token and stop counts add up.
+    """
+    per_round = {number: level.summary() for number, level in levels}
+    summaries = list(per_round.values())
+    ok = [r for _, level in levels for r in level.results if r.ok]
+    ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
+    latency = [r.latency_s for r in ok]
+    tok_s = [float(s["tok_s"]) for s in summaries]
+    retok = [s["retok_tok_s"] for s in summaries]
+    server_cpu = [s["server_cpu_pct"] for s in summaries]
+
+    def total(key: str) -> int:
+        return sum(int(s[key]) for s in summaries)
+
+    return {
+        "concurrency": levels[0][1].concurrency,
+        "rounds": len(levels),
+        "requests": total("requests"),
+        "ok": total("ok"),
+        "errors": sorted({e for s in summaries for e in s["errors"]})[:5],
+        "output_tokens": total("output_tokens"),
+        "usage_vs_chunks_mismatch": total("usage_vs_chunks_mismatch"),
+        "tok_s": round(statistics.median(tok_s), 2),
+        "tok_s_min": min(tok_s),
+        "tok_s_max": max(tok_s),
+        "tok_s_by_round": {str(number): s["tok_s"] for number, s in per_round.items()},
+        "retok_tok_s": None if None in retok else round(statistics.median(retok), 2),
+        "ttft_p50_ms": _ms(percentile(ttft, 50)),
+        "ttft_p95_ms": _ms(percentile(ttft, 95)),
+        "latency_p50_ms": _ms(percentile(latency, 50)),
+        "latency_p99_ms": _ms(percentile(latency, 99)),
+        "finish_length": total("finish_length"),
+        "client_cpu_pct": round(statistics.median(s["client_cpu_pct"] for s in summaries), 1),
+        "server_cpu_pct": (None if None in server_cpu else round(statistics.median(server_cpu), 1)),
+    }
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Linear-interpolated percentile (numpy's default method); None for no values."""
     if not values:
@@ -200,6 +264,7 @@ class BenchConfig:
     ready_timeout: float
     llama_server_bin: Path
     log_dir: Path
+    rounds: int = 1
 
     @property
     def parallel(self) -> int:
@@ -209,12 +274,19 @@ class BenchConfig:
         wanted = self.requests if self.requests is not None else max(8, 2 * concurrency)
         return max(wanted, concurrency)
 
+    def max_output_tokens(self) -> int:
+        """Output tokens of one server in one round at most, warm-up included."""
+        levels = sum(self.requests_for(c) for c in self.concurrency) * self.max_tokens
+        return levels + self.warmup * WARMUP_MAX_TOKENS
+
 
 class ServerKind(ABC):
     """How to start one kind of server and how to talk to it."""
 
     name: ClassVar[str]
     ready_path: ClassVar[str]
+    # Output tok/s for the run-time estimate only (SmolLM2-135M Q4_1 on the 2-core machine).
+    nominal_tok_s: ClassVar[float] = 160.0
 
     @abstractmethod
     def command(self, cfg: BenchConfig, port: int) -> list[str]: ...
@@ -230,6 +302,8 @@ class ServerKind(ABC):
 class HelixFlow(ServerKind):
     name = "helixflow"
     ready_path = "/ready"
+    # Set explicitly, so the two variants stay what their names say if the default changes.
+    flash_attention: ClassVar[str] = "off"
 
     def command(self, cfg: BenchConfig, port: int) -> list[str]:
         model: dict[str, Any] = {
@@ -237,11 +311,12 @@ class HelixFlow(ServerKind):
             "path": str(cfg.model),
             "parallel": cfg.parallel,
             "context_size": cfg.parallel * cfg.slot_context,
+            "flash_attention": self.flash_attention,
         }
         if cfg.threads is not None:
             model["threads"] = cfg.threads
-        config = {"models": [model], "data_dir": str(cfg.log_dir / "helixflow-data")}
-        config_file = cfg.log_dir / "helixflow.yaml"
+        config = {"models": [model], "data_dir": str(cfg.log_dir / f"{self.name}-data")}
+        config_file = cfg.log_dir / f"{self.name}.yaml"
         config_file.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
         script = Path(sys.executable).with_name("helixflow")
         launcher = [str(script)] if script.exists() else [sys.executable, "-m", "helixflow"]
@@ -252,9 +327,21 @@ class HelixFlow(ServerKind):
         return {k: v for k, v in os.environ.items() if not k.startswith("HELIXFLOW_")}
 
 
+class HelixFlowFlashAttention(HelixFlow):
+    """HelixFlow with llama.cpp's flash attention left to llama.cpp ("auto": on for the CPU).
+
+    Not HelixFlow's default: the CPU kernel can make a temperature-0 reply depend on how the
+    prompt was chunked (prefix reuse) for some models.
+    """
+
+    name = "helixflow-fa"
+    flash_attention = "auto"
+
+
 class LlamaCppPython(ServerKind):
     name = "llama-cpp-python"
     ready_path = "/v1/models"
+    nominal_tok_s = 80.0
 
     def missing(self, cfg: BenchConfig) -> str | None:
         absent = [m for m in ("sse_starlette", "starlette_context") if not _has_module(m)]
@@ -281,6 +368,7 @@ class LlamaCppPython(ServerKind):
 class LlamaServer(ServerKind):
     name = "llama-server"
     ready_path = "/health"
+    nominal_tok_s = 170.0
 
     def missing(self, cfg: BenchConfig) -> str | None:
         if not os.access(cfg.llama_server_bin, os.X_OK):
@@ -303,13 +391,15 @@ class Trivial(ServerKind):
 
     name = "trivial"
     ready_path = "/health"
+    nominal_tok_s = 50_000.0
 
     def command(self, cfg: BenchConfig, port: int) -> list[str]:
         return [sys.executable, str(Path(__file__).resolve()), "--trivial-server-port", str(port)]
 
 
 SERVER_KINDS: dict[str, ServerKind] = {
-    k.name: k for k in (HelixFlow(), LlamaCppPython(), LlamaServer(), Trivial())
+    k.name: k
+    for k in (HelixFlow(), HelixFlowFlashAttention(), LlamaCppPython(), LlamaServer(), Trivial())
 }
 _LIVE: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -353,10 +443,10 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def running_server(kind: ServerKind, cfg: BenchConfig) -> Iterator[RunningServer]:
+def running_server(kind: ServerKind, cfg: BenchConfig, round_no: int) -> Iterator[RunningServer]:
     port = free_port()
     cmd = kind.command(cfg, port)
-    log_file = cfg.log_dir / f"{kind.name}.log"
+    log_file = cfg.log_dir / f"{kind.name}-round{round_no}.log"
     with log_file.open("wb") as log:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -486,7 +576,9 @@ async def bench_server(server: RunningServer, cfg: BenchConfig) -> list[LevelRes
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        warm = [request_body(PROMPTS[i % len(PROMPTS)], 32) for i in range(cfg.warmup)]
+        warm = [
+            request_body(PROMPTS[i % len(PROMPTS)], WARMUP_MAX_TOKENS) for i in range(cfg.warmup)
+        ]
         warm_results, _ = await run_level(session, url, warm, min(len(warm), 4) or 1)
         failed = [r.error for r in warm_results if not r.ok]
         if failed:
@@ -513,47 +605,120 @@ async def bench_server(server: RunningServer, cfg: BenchConfig) -> list[LevelRes
 
 @dataclass(slots=True)
 class ServerRun:
+    """One server in one round."""
+
     name: str
+    round_no: int
     command: list[str] = field(default_factory=list)
     levels: list[LevelResult] = field(default_factory=list)
-    skipped: str | None = None
     failed: str | None = None
     log_file: str | None = None
+    wall_s: float = 0.0
 
-    def counting(self) -> str:
-        ok = [r for lv in self.levels for r in lv.results if r.ok]
-        with_usage = sum(r.usage_tokens is not None for r in ok)
-        if ok and with_usage == len(ok):
-            return "usage.completion_tokens (stream_options.include_usage)"
-        if with_usage == 0:
-            return "content deltas counted by the client (no usage in the stream)"
-        return f"mixed: usage in {with_usage} of {len(ok)} replies, content deltas otherwise"
+    def level(self, concurrency: int) -> LevelResult | None:
+        return next((lv for lv in self.levels if lv.concurrency == concurrency), None)
 
     def tok_s(self, concurrency: int) -> float | None:
-        for level in self.levels:
-            if level.concurrency == concurrency:
-                return float(level.summary()["tok_s"])
-        return None
-
-    def tok_s_cell(self, concurrency: int) -> str:
-        """Throughput for the ratio table, flagged when some of the level's requests failed."""
-        for level in self.levels:
-            if level.concurrency == concurrency:
-                s = level.summary()
-                failed = s["requests"] - s["ok"]
-                return _fmt(float(s["tok_s"])) + (f" ({failed} failed)" if failed else "")
-        return "—"
+        level = self.level(concurrency)
+        return None if level is None else float(level.summary()["tok_s"])
 
 
-def run_one(kind: ServerKind, cfg: BenchConfig, retok: Retokenizer) -> ServerRun:
-    run = ServerRun(kind.name)
-    why = kind.missing(cfg)
-    if why is not None:
-        run.skipped = why
-        console.print(f"[yellow]skipping {kind.name}:[/yellow] {escape(why)}")
-        return run
-    console.rule(f"[bold]{kind.name}")
-    with running_server(kind, cfg) as server:
+@dataclass(slots=True)
+class Round:
+    number: int
+    order: list[str]
+    runs: dict[str, ServerRun] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+@dataclass(slots=True)
+class Results:
+    servers: list[str]
+    """The servers that ran, in the order of round 1 (the order given)."""
+    skipped: dict[str, str]
+    """Servers that cannot run here: why."""
+    rounds: list[Round] = field(default_factory=list)
+
+    def runs_of(self, name: str) -> list[ServerRun]:
+        return [rnd.runs[name] for rnd in self.rounds if name in rnd.runs]
+
+    def pooled(self, name: str, concurrency: int) -> dict[str, Any] | None:
+        """The level over all rounds that measured it; None if none did."""
+        levels = [
+            (run.round_no, level)
+            for run in self.runs_of(name)
+            if (level := run.level(concurrency)) is not None
+        ]
+        return pooled_summary(levels) if levels else None
+
+    def ratios(self, mine: str, theirs: str, concurrency: int) -> dict[int, float]:
+        """tok/s of `mine` / tok/s of `theirs` in each round that measured both: round -> ratio."""
+        out = {}
+        for rnd in self.rounds:
+            a, b = rnd.runs.get(mine), rnd.runs.get(theirs)
+            x = a.tok_s(concurrency) if a else None
+            y = b.tok_s(concurrency) if b else None
+            if x and y:
+                out[rnd.number] = x / y
+        return out
+
+    def failures(self) -> list[ServerRun]:
+        return [run for rnd in self.rounds for run in rnd.runs.values() if run.failed]
+
+
+def rotated(names: Sequence[str], round_index: int) -> list[str]:
+    """Round 0: A B C; round 1: B C A; round 2: C A B; ..."""
+    k = round_index % len(names) if names else 0
+    return [*names[k:], *names[:k]]
+
+
+def estimate_s(cfg: BenchConfig, names: Sequence[str]) -> float:
+    """Rough run time: every reply at max_tokens, each server at its nominal speed."""
+    tokens = cfg.max_output_tokens()
+    per_round = sum(START_STOP_S + tokens / SERVER_KINDS[n].nominal_tok_s for n in names)
+    return cfg.rounds * per_round
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def run_rounds(names: Sequence[str], cfg: BenchConfig, retok: Retokenizer) -> Results:
+    skipped = {n: why for n in names if (why := SERVER_KINDS[n].missing(cfg)) is not None}
+    for name, why in skipped.items():
+        console.print(f"[yellow]skipping {name}:[/yellow] {escape(why)}")
+    active = [n for n in names if n not in skipped]
+    results = Results(servers=active, skipped=skipped)
+    if not active:
+        return results
+    console.print(
+        f"{cfg.rounds} round(s) x {len(active)} server(s), up to {cfg.max_output_tokens():,} "
+        f"output tokens per server and round: about {_duration(estimate_s(cfg, active))} "
+        "(rough: the default model's speed on 2 cores; refined after each round)"
+    )
+    start = time.monotonic()
+    for index in range(cfg.rounds):
+        rnd = Round(index + 1, rotated(active, index))
+        results.rounds.append(rnd)
+        round_start = time.monotonic()
+        for name in rnd.order:
+            rnd.runs[name] = run_one(SERVER_KINDS[name], cfg, retok, rnd.number)
+        rnd.wall_s = time.monotonic() - round_start
+        left = (cfg.rounds - rnd.number) * (time.monotonic() - start) / rnd.number
+        console.print(
+            f"round {rnd.number}/{cfg.rounds} took {_duration(rnd.wall_s)}"
+            + (f"; about {_duration(left)} left" if left else ""),
+            style="bold",
+        )
+    return results
+
+
+def run_one(kind: ServerKind, cfg: BenchConfig, retok: Retokenizer, round_no: int) -> ServerRun:
+    run = ServerRun(kind.name, round_no)
+    console.rule(f"[bold]round {round_no}/{cfg.rounds}: {kind.name}")
+    start = time.monotonic()
+    with running_server(kind, cfg, round_no) as server:
         run.command, run.log_file = server.command, str(server.log_file)
         console.print("  " + " ".join(server.command), style="dim", soft_wrap=True, markup=False)
         try:
@@ -567,6 +732,7 @@ def run_one(kind: ServerKind, cfg: BenchConfig, retok: Retokenizer) -> ServerRun
         for r in level.results:
             r.retok_tokens = retok.count(r.text) if r.ok else None
     time.sleep(2)  # let the CPU settle before the next server
+    run.wall_s = time.monotonic() - start
     return run
 
 
@@ -604,11 +770,13 @@ class Retokenizer:
 
 # --------------------------------------------------------------------------- reporting
 
+# (header, key of pooled_summary()); "" is ok/reqs, "tok_s_range" the min-max of tok/s.
 LEVEL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("conc", "concurrency"),
     ("ok/reqs", ""),
     ("out tok", "output_tokens"),
     ("tok/s", "tok_s"),
+    ("tok/s min-max", "tok_s_range"),
     ("retok tok/s", "retok_tok_s"),
     ("TTFT p50 ms", "ttft_p50_ms"),
     ("TTFT p95 ms", "ttft_p95_ms"),
@@ -620,33 +788,103 @@ LEVEL_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def level_rows(run: ServerRun) -> list[list[str]]:
-    rows = []
-    for level in run.levels:
-        s = level.summary()
-        rows.append(
-            [
-                f"{s['ok']}/{s['requests']}" if key == "" else _fmt(s[key])
-                for _, key in LEVEL_COLUMNS
-            ]
-        )
-    return rows
+def token_counting(runs: Sequence[ServerRun]) -> str:
+    ok = [r for run in runs for lv in run.levels for r in lv.results if r.ok]
+    with_usage = sum(r.usage_tokens is not None for r in ok)
+    if ok and with_usage == len(ok):
+        return "usage.completion_tokens (stream_options.include_usage)"
+    if with_usage == 0:
+        return "content deltas counted by the client (no usage in the stream)"
+    return f"mixed: usage in {with_usage} of {len(ok)} replies, content deltas otherwise"
 
 
-def ratio_rows(runs: dict[str, ServerRun], concurrency: list[int]) -> list[list[str]]:
-    hf = runs.get("helixflow")
+POOLING_NOTE = (
+    "Per server and level: tok/s, retok tok/s and CPU % are medians over the rounds (tok/s "
+    "min-max: its lowest and highest round); TTFT and latency percentiles pool every request "
+    "of every round; ok/reqs, out tok and len stops add up all rounds."
+)
+
+
+def level_caption(results: Results, name: str) -> str:
+    runs = results.runs_of(name)
+    measured = sum(bool(run.levels) for run in runs)
+    text = f"output tokens: {token_counting(runs)}"
+    if measured < len(results.rounds):
+        text += f"; measured in {measured} of {len(results.rounds)} rounds"
+    return text
+
+
+def level_rows(results: Results, name: str, concurrency: list[int]) -> list[list[str]]:
     rows = []
     for c in concurrency:
-        mine = hf.tok_s(c) if hf else None
-        row = [str(c), hf.tok_s_cell(c) if hf else "—"]
-        for peer in PEERS:
-            theirs = runs[peer].tok_s(c) if peer in runs else None
-            ratio = mine / theirs if mine is not None and theirs else None
-            row += [runs[peer].tok_s_cell(c) if peer in runs else "—"]
-            row += ["—" if ratio is None else f"{ratio:.2f}x"]
-            row.append(_target_mark(c, peer, ratio))
+        s = results.pooled(name, c)
+        if s is None:
+            continue
+        row = []
+        for _, key in LEVEL_COLUMNS:
+            if key == "":
+                row.append(f"{s['ok']}/{s['requests']}")
+            elif key == "tok_s_range":
+                row.append(f"{_fmt(s['tok_s_min'])}-{_fmt(s['tok_s_max'])}")
+            else:
+                row.append(_fmt(s[key]))
         rows.append(row)
     return rows
+
+
+def tok_s_cell(results: Results, name: str, concurrency: int) -> str:
+    """Median throughput for the ratio tables, flagged when some requests failed."""
+    s = results.pooled(name, concurrency)
+    if s is None:
+        return "—"
+    failed = s["requests"] - s["ok"]
+    return _fmt(float(s["tok_s"])) + (f" ({failed} failed)" if failed else "")
+
+
+def ratio_cell(by_round: dict[int, float], rounds: int) -> str:
+    """Median ratio over rounds, with its min-max and how many rounds when not all."""
+    if not by_round:
+        return "—"
+    values = list(by_round.values())
+    text = f"{statistics.median(values):.2f}x"
+    if len(values) > 1:
+        text += f" ({min(values):.2f}-{max(values):.2f})"
+    if len(values) < rounds:
+        text += f" [{len(values)} of {rounds} rounds]"
+    return text
+
+
+def _median(by_round: dict[int, float]) -> float | None:
+    return statistics.median(by_round.values()) if by_round else None
+
+
+def ratio_rows(results: Results, concurrency: list[int]) -> list[list[str]]:
+    rows = []
+    for mine in (v for v in HELIXFLOW_VARIANTS if v in results.servers):
+        for c in concurrency:
+            row = [mine, str(c), tok_s_cell(results, mine, c)]
+            for peer in PEERS:
+                by_round = results.ratios(mine, peer, c)
+                row += [
+                    tok_s_cell(results, peer, c),
+                    ratio_cell(by_round, len(results.rounds)),
+                    _target_mark(c, peer, _median(by_round)),
+                ]
+            rows.append(row)
+    return rows
+
+
+def flash_rows(results: Results, concurrency: list[int]) -> list[list[str]]:
+    plain, fa = HELIXFLOW_VARIANTS
+    return [
+        [
+            str(c),
+            tok_s_cell(results, plain, c),
+            tok_s_cell(results, fa, c),
+            ratio_cell(results.ratios(fa, plain, c), len(results.rounds)),
+        ]
+        for c in concurrency
+    ]
 
 
 def _target_mark(concurrency: int, peer: str, ratio: float | None) -> str:
@@ -654,15 +892,22 @@ def _target_mark(concurrency: int, peer: str, ratio: float | None) -> str:
     for c, p, minimum in TARGETS:
         if c == concurrency and p == peer:
             met = "—" if ratio is None else ("met" if ratio >= minimum else "MISSED")
+            if ratio is not None and ratio < minimum <= round(ratio, 2):
+                met += f" ({ratio:.3f}x)"  # the table's 2 decimals would show it as reached
             marks.append(f">= {minimum}x: {met}")
     return "; ".join(marks)
 
 
 RATIO_HEADERS = [
-    "conc", "HelixFlow tok/s",
+    "HelixFlow", "conc", "HelixFlow tok/s",
     "llama-cpp-python tok/s", "HF / lcp", "target vs lcp",
     "llama-server tok/s", "HF / llama-server", "target vs llama-server",
 ]  # fmt: skip
+FLASH_HEADERS = ["conc", "helixflow tok/s", "helixflow-fa tok/s", "helixflow-fa / helixflow"]
+RATIO_NOTE = (
+    "tok/s: median over rounds; ratios: taken within each round, median (min-max) over rounds; "
+    "targets judged on the median"
+)
 
 
 def _fmt(value: Any) -> str:
@@ -673,37 +918,63 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def print_tables(runs: dict[str, ServerRun], cfg: BenchConfig) -> None:
-    for run in runs.values():
-        if not run.levels:
+def _has_ratios(results: Results) -> bool:
+    servers = results.servers
+    return any(v in servers for v in HELIXFLOW_VARIANTS) and any(p in servers for p in PEERS)
+
+
+def _has_flash(results: Results) -> bool:
+    return all(v in results.servers for v in HELIXFLOW_VARIANTS)
+
+
+def print_tables(results: Results, cfg: BenchConfig) -> None:
+    console.rule("[bold]results")
+    if len(results.rounds) > 1:
+        console.print(POOLING_NOTE)
+    for name in results.servers:
+        runs = results.runs_of(name)
+        if not any(run.levels for run in runs):
             continue
-        table = Table(title=f"{run.name}", caption=f"output tokens: {run.counting()}")
-        for header, _ in LEVEL_COLUMNS:
-            table.add_column(header, justify="right")
-        for row in level_rows(run):
+        table = Table(title=name, caption=level_caption(results, name))
+        for header, key in LEVEL_COLUMNS:
+            table.add_column(header, justify="right", no_wrap=key == "tok_s_range")
+        for row in level_rows(results, name, cfg.concurrency):
             table.add_row(*row)
         console.print(table)
-        mismatched = sum(lv.summary()["usage_vs_chunks_mismatch"] for lv in run.levels)
+        mismatched = sum(lv.summary()["usage_vs_chunks_mismatch"] for r in runs for lv in r.levels)
         if mismatched:
             console.print(
-                f"  {run.name}: usage.completion_tokens != streamed content deltas in "
+                f"  {name}: usage.completion_tokens != streamed content deltas in "
                 f"{mismatched} replies (see the JSON output)",
                 style="dim",
             )
-        for level in run.levels:
-            errors = level.summary()["errors"]
-            if errors:
-                console.print(f"  [red]c={level.concurrency} errors:[/red] {escape(str(errors))}")
-    if "helixflow" in runs and any(p in runs for p in PEERS):
-        table = Table(title="HelixFlow / peers, output tokens per second (same run)")
+        for c in cfg.concurrency:
+            s = results.pooled(name, c)
+            if s and s["errors"]:
+                console.print(f"  [red]c={c} errors:[/red] {escape(str(s['errors']))}")
+    if _has_ratios(results):
+        table = Table(
+            title="HelixFlow / peers, output tokens per second (same round)", caption=RATIO_NOTE
+        )
         for header in RATIO_HEADERS:
-            table.add_column(header, justify="right")
-        for row in ratio_rows(runs, cfg.concurrency):
+            table.add_column(header, justify="right", no_wrap=header.startswith("HF /"))
+        for row in ratio_rows(results, cfg.concurrency):
             table.add_row(*row)
         console.print(table)
+    if _has_flash(results):
+        table = Table(title="HelixFlow with / without flash attention (same round)")
+        for header in FLASH_HEADERS:
+            table.add_column(header, justify="right", no_wrap=True)
+        for row in flash_rows(results, cfg.concurrency):
+            table.add_row(*row)
+        console.print(table)
+    for run in results.failures():
+        console.print(
+            f"[red]round {run.round_no}: {run.name} failed:[/red] {escape(run.failed or '')}"
+        )
 
 
-def markdown(runs: dict[str, ServerRun], cfg: BenchConfig, meta: dict[str, Any]) -> str:
+def markdown(results: Results, cfg: BenchConfig, meta: dict[str, Any]) -> str:
     out = [
         f"Measured {meta['date']} on {meta['cpus']} CPUs ({meta['machine']}), "
         f"model `{cfg.model.name}`, streamed chat, max_tokens {cfg.max_tokens}, "
@@ -711,15 +982,32 @@ def markdown(runs: dict[str, ServerRun], cfg: BenchConfig, meta: dict[str, Any])
         "",
         f"Command: `{meta['command']}`",
         "",
+        f"{len(results.rounds)} round(s), each starting every server in turn and running every "
+        "concurrency level; the order rotates from round to round:",
+        "",
     ]
-    for run in runs.values():
-        if run.skipped or not run.levels:
+    out += [
+        f"- round {rnd.number} ({_duration(rnd.wall_s)}): {', '.join(rnd.order)}"
+        for rnd in results.rounds
+    ]
+    out.append("")
+    if len(results.rounds) > 1:
+        out += [POOLING_NOTE, ""]
+    for name, why in results.skipped.items():
+        out += [f"Skipped {name}: {why}", ""]
+    for run in results.failures():
+        out += [f"Round {run.round_no}: {run.name} failed: {run.failed}", ""]
+    for name in results.servers:
+        if not any(run.levels for run in results.runs_of(name)):
             continue
-        out += [f"**{run.name}** (output tokens: {run.counting()})", ""]
-        out += _md_table([h for h, _ in LEVEL_COLUMNS], level_rows(run))
-    if "helixflow" in runs:
-        out += ["**HelixFlow / peers** (output tokens per second)", ""]
-        out += _md_table(RATIO_HEADERS, ratio_rows(runs, cfg.concurrency))
+        out += [f"**{name}** ({level_caption(results, name)})", ""]
+        out += _md_table([h for h, _ in LEVEL_COLUMNS], level_rows(results, name, cfg.concurrency))
+    if _has_ratios(results):
+        out += [f"**HelixFlow / peers** (output tokens per second; {RATIO_NOTE})", ""]
+        out += _md_table(RATIO_HEADERS, ratio_rows(results, cfg.concurrency))
+    if _has_flash(results):
+        out += ["**HelixFlow with / without flash attention** (same round; as above)", ""]
+        out += _md_table(FLASH_HEADERS, flash_rows(results, cfg.concurrency))
     return "\n".join(out)
 
 
@@ -756,36 +1044,71 @@ def run_metadata(cfg: BenchConfig) -> dict[str, Any]:
     }
 
 
-def to_json(runs: dict[str, ServerRun], cfg: BenchConfig, meta: dict[str, Any]) -> dict[str, Any]:
-    servers = {}
-    for name, run in runs.items():
-        servers[name] = {
-            "command": run.command,
-            "skipped": run.skipped,
-            "failed": run.failed,
-            "token_counting": run.counting() if run.levels else None,
-            "levels": [lv.summary() for lv in run.levels],
-            "requests": [
-                {
-                    "concurrency": lv.concurrency,
-                    **{k: v for k, v in asdict(r).items() if k != "text"},
-                }
-                for lv in run.levels
-                for r in lv.results
-            ],
-        }
-    ratios = {}
-    hf = runs.get("helixflow")
-    for peer in PEERS:
-        if hf and peer in runs:
-            ratios[peer] = {
-                str(c): (
-                    round(a / b, 3) if (a := hf.tok_s(c)) and (b := runs[peer].tok_s(c)) else None
-                )
-                for c in cfg.concurrency
+def _ratio_json(by_round: dict[int, float]) -> dict[str, Any] | None:
+    if not by_round:
+        return None
+    values = list(by_round.values())
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+        "by_round": {str(n): round(v, 3) for n, v in by_round.items()},
+    }
+
+
+def to_json(results: Results, cfg: BenchConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    rounds = []
+    for rnd in results.rounds:
+        servers = {}
+        for name, run in rnd.runs.items():
+            servers[name] = {
+                "command": run.command,
+                "failed": run.failed,
+                "wall_s": round(run.wall_s, 1),
+                "token_counting": token_counting([run]) if run.levels else None,
+                "levels": [lv.summary() for lv in run.levels],
+                "requests": [
+                    {
+                        "concurrency": lv.concurrency,
+                        **{k: v for k, v in asdict(r).items() if k != "text"},
+                    }
+                    for lv in run.levels
+                    for r in lv.results
+                ],
             }
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
-    return {"meta": meta, "settings": settings, "servers": servers, "ratios": ratios}
+        rounds.append(
+            {
+                "round": rnd.number,
+                "order": rnd.order,
+                "wall_s": round(rnd.wall_s, 1),
+                "servers": servers,
+            }
+        )
+    summary = {
+        name: [s for c in cfg.concurrency if (s := results.pooled(name, c)) is not None]
+        for name in results.servers
+    }
+    # ratios[mine][theirs][concurrency]: tok/s of mine / tok/s of theirs, within each round.
+    pairs = [(mine, peer) for mine in HELIXFLOW_VARIANTS for peer in PEERS]
+    pairs.append((HELIXFLOW_VARIANTS[1], HELIXFLOW_VARIANTS[0]))
+    ratios: dict[str, dict[str, dict[str, Any]]] = {}
+    for mine, theirs in pairs:
+        if mine in results.servers and theirs in results.servers:
+            ratios.setdefault(mine, {})[theirs] = {
+                str(c): _ratio_json(results.ratios(mine, theirs, c)) for c in cfg.concurrency
+            }
+    settings: dict[str, Any] = {
+        k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
+    }
+    settings["servers"] = results.servers
+    return {
+        "meta": meta,
+        "settings": settings,
+        "skipped": results.skipped,
+        "rounds": rounds,
+        "summary": summary,
+        "ratios": ratios,
+    }
 
 
 # --------------------------------------------------------------------------- trivial server
@@ -836,7 +1159,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def _server_list(text: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
+    names = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
     unknown = [n for n in names if n not in SERVER_KINDS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
@@ -855,8 +1178,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add(
         "--servers",
         type=_server_list,
-        default=",".join(["helixflow", *PEERS]),
-        help="servers to run, in order, one at a time (default: %(default)s; also: trivial)",
+        default=",".join([*HELIXFLOW_VARIANTS, *PEERS]),
+        help="servers to run one at a time, comma separated, in this order in round 1, "
+        "rotated by one each later round (default: %(default)s; also: trivial)",
+    )
+    add(
+        "--rounds",
+        type=int,
+        default=3,
+        help="times to run every server through every level; tok/s and HelixFlow / peer "
+        "ratios are reported as the median over rounds with their min-max (default: 3)",
     )
     add(
         "--concurrency",
@@ -868,8 +1199,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--requests",
         type=int,
         default=None,
-        help="requests per level (default: max(8, 2 x concurrency)); never below the level's "
-        "concurrency",
+        help="requests per level and round (default: max(8, 2 x concurrency)); never below the "
+        "level's concurrency",
     )
     add("--max-tokens", type=int, default=128, help="max_tokens of every request (default: 128)")
     add(
@@ -892,7 +1223,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="KV tokens per parallel sequence: HelixFlow and llama-server get parallel = the "
         "highest concurrency and context = parallel x this (default: 1024)",
     )
-    add("--warmup", type=int, default=4, help="warm-up requests per server (default: 4)")
+    add(
+        "--warmup",
+        type=int,
+        default=4,
+        help="warm-up requests per server and round (default: 4)",
+    )
     add(
         "--ready-timeout",
         type=float,
@@ -915,6 +1251,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--trivial-server-port", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be positive")
     if args.requests is not None and args.requests < 1:
         parser.error("--requests must be positive")
     if args.max_tokens < 1:
@@ -944,29 +1282,31 @@ def main(argv: list[str] | None = None) -> int:
         ready_timeout=args.ready_timeout,
         llama_server_bin=args.llama_server_bin,
         log_dir=log_dir,
+        rounds=args.rounds,
     )
     meta = run_metadata(cfg)
     console.print(f"model {cfg.model}; logs in {log_dir}", style="dim")
     retok = Retokenizer(cfg.model)
-    runs: dict[str, ServerRun] = {}
     try:
-        for name in args.servers:
-            runs[name] = run_one(SERVER_KINDS[name], cfg, retok)
+        results = run_rounds(args.servers, cfg, retok)
     except KeyboardInterrupt:  # the server was stopped on the way out of running_server()
         console.print(f"[yellow]interrupted[/yellow]; server logs in {log_dir}")
         return 130
-    print_tables(runs, cfg)
+    print_tables(results, cfg)
     if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_bytes(
-            orjson.dumps(to_json(runs, cfg, meta), option=orjson.OPT_INDENT_2) + b"\n"
+            orjson.dumps(to_json(results, cfg, meta), option=orjson.OPT_INDENT_2) + b"\n"
         )
         console.print(f"wrote {args.json_out}")
     if args.markdown_out:
-        args.markdown_out.write_text(markdown(runs, cfg, meta) + "\n")
+        args.markdown_out.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown_out.write_text(markdown(results, cfg, meta) + "\n")
         console.print(f"wrote {args.markdown_out}")
-    failed = [r for r in runs.values() if r.failed]
+    failed = results.failures()
     if failed:
-        console.print(f"[red]{', '.join(r.name for r in failed)} failed; logs in {log_dir}[/red]")
+        names = ", ".join(f"{r.name} (round {r.round_no})" for r in failed)
+        console.print(f"[red]{names} failed; logs in {log_dir}[/red]")
         return 1
     shutil.rmtree(log_dir, ignore_errors=True)
     return 0

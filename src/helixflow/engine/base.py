@@ -104,6 +104,8 @@ class EngineStats:
     tokens_generated: int
     prompt_tokens_processed: int
     prompt_tokens_reused: int
+    sequence_moves: int = 0
+    """Sequences moved to a lower slot to keep busy slots consecutive."""
 
 
 class GenerationStream(Protocol):

@@ -219,3 +219,26 @@ async def test_prompt_logprobs_score_every_prompt_token() -> None:
         assert [t.token_id for t in scored] == prompt
     finally:
         await engine.stop()
+
+
+async def test_compaction_moves_a_sequence_without_changing_its_reply() -> None:
+    engine = await started(parallel=4, context_size=4096)
+    try:
+        prompts = [
+            engine.render_chat([{"role": "user", "content": f"Count to {n}, please."}])
+            for n in (3, 5, 7)
+        ]
+        alone = await collect(engine.generate(GenerationRequest("solo", prompts[2], greedy(40))))
+        streams = [
+            engine.generate(GenerationRequest(f"r{i}", p, greedy(40, ignore_eos=i < 2)))
+            for i, p in enumerate(prompts)
+        ]
+        heads = [await stream.__anext__() for stream in streams]  # slots 0, 1 and 2 busy
+        moves = engine.stats().sequence_moves
+        await streams[0].aclose()  # frees slot 0: the sequence in slot 2 moves down
+        rest = [delta async for delta in streams[2]]
+        await streams[1].aclose()
+        assert engine.stats().sequence_moves > moves
+        assert heads[2].text + text_of(rest) == text_of(alone[0])
+    finally:
+        await engine.stop()

@@ -49,6 +49,7 @@ from helixflow.errors import EngineError, QueueFullError
 log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.5
+_MIN_STREAM_COPY_TOKENS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,10 @@ class Scheduler:
         self._clock = 0
         self._batch = llama_cpp.llama_batch_init(options.batch_size, 0, 1)
         self._unified = model.options.unified_kv
+        # Copying a per-sequence stream moves its whole buffer: worth it only for a prefix
+        # long enough that recomputing it would cost more.
+        self._min_copy = 1 if self._unified else _MIN_STREAM_COPY_TOKENS
+        self._moves = 0
         self._outbox: list[tuple[Group, list[Delta] | BaseException]] = []
         self._steps = 0
         self._tokens_generated = 0
@@ -140,6 +145,7 @@ class Scheduler:
             tokens_generated=self._tokens_generated,
             prompt_tokens_processed=self._prompt_processed,
             prompt_tokens_reused=self._prompt_reused,
+            sequence_moves=self._moves,
         )
 
     # -- the decode thread ---------------------------------------------------------------------
@@ -149,6 +155,7 @@ class Scheduler:
                 self._drain_inbox()
                 self._resume_preempted()
                 self._admit()
+                self._compact()
                 if not self._running:
                     self._flush_outbox()
                     self._wake.wait(_IDLE_WAIT_S)
@@ -198,7 +205,8 @@ class Scheduler:
         self._clock += 1
         first_slot, reused = self._place_prompt(prompt, free, request.prompt_logprobs is not None)
         free.remove(first_slot)
-        free.sort(key=lambda s: s.last_used)  # siblings take the least useful caches
+        # Siblings take the least useful caches (unified) or the lowest ids (streams).
+        free.sort(key=lambda s: s.last_used if self._unified else s.seq_id)
         seqs: list[Sequence] = []
         for index in range(request.n):
             slot = first_slot if index == 0 else free.pop(0)
@@ -233,34 +241,72 @@ class Scheduler:
         self, prompt: list[int], free: list[Slot], no_reuse: bool
     ) -> tuple[Slot, int]:
         """Pick a free slot for ``prompt`` and bring the longest cached prefix into it."""
-        mem = self._model.memory
+        target = self._choose_slot(prompt, free)
         if no_reuse or not self._opts.prefix_cache:
-            slot = min(free, key=lambda s: s.last_used)
-            self._clear_slot(slot)
-            return slot, 0
-        best_free = max(free, key=lambda s: (common_prefix_len(s.tokens, prompt), -s.last_used))
-        best_free_len = common_prefix_len(best_free.tokens, prompt)
-        source = max(self._slots, key=lambda s: common_prefix_len(s.tokens, prompt))
-        source_len = common_prefix_len(source.tokens, prompt)
-        limit = len(prompt) - 1  # the last prompt token is always fed, for its logits
-        if source_len > best_free_len and min(source_len, limit) > 0:
-            target = best_free if best_free_len == 0 else min(free, key=lambda s: s.last_used)
-            reuse = min(source_len, limit)
             self._clear_slot(target)
-            # Whole-sequence copies work in both cache layouts (across per-sequence streams
-            # llama.cpp copies the buffer); the unneeded tail is then dropped.
-            llama_cpp.llama_memory_seq_cp(mem, source.seq_id, target.seq_id, -1, -1)
-            if not llama_cpp.llama_memory_seq_rm(mem, target.seq_id, reuse, -1):
-                self._clear_slot(target)
-                return target, 0
-            target.tokens = prompt[:reuse]
-            return target, reuse
-        reuse = min(best_free_len, limit)
-        if not llama_cpp.llama_memory_seq_rm(mem, best_free.seq_id, reuse, -1):
-            self._clear_slot(best_free)
-            return best_free, 0
-        del best_free.tokens[reuse:]
-        return best_free, reuse
+            return target, 0
+        limit = len(prompt) - 1  # the last prompt token is always fed, for its logits
+        own = min(common_prefix_len(target.tokens, prompt), limit)
+        source = max(self._slots, key=lambda s: common_prefix_len(s.tokens, prompt))
+        copied = min(common_prefix_len(source.tokens, prompt), limit)
+        if source is not target and copied - own >= self._min_copy:
+            return target, self._copy_prefix(source, target, copied)
+        return target, self._truncate(target, own)
+
+    def _choose_slot(self, prompt: list[int], free: list[Slot]) -> Slot:
+        if self._unified:
+            # Copies are free in a unified pool: keep the best cache where it is, else LRU.
+            return max(free, key=lambda s: (common_prefix_len(s.tokens, prompt), -s.last_used))
+        # Per-sequence streams: llama.cpp decodes sequences in one micro-batch only when their
+        # ids are consecutive, so busy slots are kept packed at the lowest ids.
+        return min(free, key=lambda s: s.seq_id)
+
+    def _copy_prefix(self, source: Slot, target: Slot, length: int) -> int:
+        mem = self._model.memory
+        self._clear_slot(target)
+        # Whole-sequence copies work in both cache layouts (between per-sequence streams
+        # llama.cpp copies the buffer); the unneeded tail is then dropped.
+        llama_cpp.llama_memory_seq_cp(mem, source.seq_id, target.seq_id, -1, -1)
+        target.tokens = list(source.tokens)
+        return self._truncate(target, length)
+
+    def _truncate(self, slot: Slot, length: int) -> int:
+        """Keep the first ``length`` cached tokens of ``slot``; returns how many were kept."""
+        if not llama_cpp.llama_memory_seq_rm(self._model.memory, slot.seq_id, length, -1):
+            self._clear_slot(slot)
+            return 0
+        del slot.tokens[length:]
+        return length
+
+    def _compact(self) -> None:
+        """Move the highest busy sequence into the lowest free slot until busy slots are
+        consecutive (per-sequence streams only: one stream copy saves a micro-batch on every
+        later step). The vacated slot keeps its KV as an idle prefix cache."""
+        if self._unified:
+            return
+        while True:
+            busy = [s for s in self._slots if s.owner is not None]
+            if not busy:
+                return
+            highest = max(busy, key=lambda s: s.seq_id)
+            hole = next((s for s in self._slots[: highest.seq_id] if s.owner is None), None)
+            if hole is None or highest.owner is None:
+                return
+            self._move(highest.owner, hole)
+
+    def _move(self, seq: Sequence, target: Slot) -> None:
+        source = seq.slot
+        self._clear_slot(target)
+        if source.tokens:
+            llama_cpp.llama_memory_seq_cp(
+                self._model.memory, source.seq_id, target.seq_id, -1, -1
+            )
+            target.tokens = list(source.tokens)
+        target.owner = seq
+        target.last_used = self._clock
+        seq.slot = target
+        source.owner = None
+        self._moves += 1
 
     def _clear_slot(self, slot: Slot) -> None:
         llama_cpp.llama_memory_seq_rm(self._model.memory, slot.seq_id, -1, -1)
