@@ -298,9 +298,7 @@ class Scheduler:
         source = seq.slot
         self._clear_slot(target)
         if source.tokens:
-            llama_cpp.llama_memory_seq_cp(
-                self._model.memory, source.seq_id, target.seq_id, -1, -1
-            )
+            llama_cpp.llama_memory_seq_cp(self._model.memory, source.seq_id, target.seq_id, -1, -1)
             target.tokens = list(source.tokens)
         target.owner = seq
         target.last_used = self._clock
