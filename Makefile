@@ -44,7 +44,12 @@ typecheck: $(VENV)/.installed-dev
 
 check: lint typecheck
 
-bench: $(VENV)/.installed-dev
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@touch $@ $(VENV)/.installed-dev $(VENV)/.installed
+
+bench: $(VENV)/.installed-bench
+	benchmarks/build_llama_server.sh
 	$(BIN)/python benchmarks/engine_throughput.py $(ARGS)
 
 clean:

@@ -344,6 +344,9 @@ class Scheduler:
             count = min(seq.pending, budget)
             plan.append((seq, count))
             budget -= count
+        # llama.cpp packs per-sequence streams into one micro-batch only for consecutive ids
+        # met in increasing order, so the batch is laid out by sequence id.
+        plan.sort(key=lambda item: item[0].seq_id)
         for seq, count in plan:
             start = seq.n_past
             wants_sample = start + count == len(seq.tokens)
