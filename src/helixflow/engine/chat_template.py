@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from helixflow.errors import InvalidRequestError
+from helixflow.errors import EngineError, InvalidRequestError
 
 # Used when a GGUF carries no template: the instruct format of its architecture, else ChatML.
 CHATML_TEMPLATE = (
@@ -86,19 +85,23 @@ class ChatTemplate:
     """A compiled chat template plus the special tokens it may refer to."""
 
     def __init__(self, source: str, *, bos_token: str, eos_token: str) -> None:
+        """Compiles ``source`` now, so a broken template stops the model from loading instead
+        of failing its first request (jinja2's ``TemplateSyntaxError``)."""
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
-
-    @cached_property
-    def _template(self) -> Any:
         env = ImmutableSandboxedEnvironment(
             trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
         )
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
-        return env.from_string(self.source)
+        try:
+            self._template = env.from_string(source)
+        except TemplateError as exc:
+            raise EngineError(
+                f"the chat template does not compile: {exc}", code="invalid_chat_template"
+            ) from exc
 
     def render(
         self,

@@ -31,7 +31,6 @@ class LlamaCppEngine:
         self._scheduler: Scheduler | None = None
         self._template: ChatTemplate | None = None
         self._info: EngineInfo | None = None
-        self._arrivals = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
     def model_path(self) -> Path:
@@ -136,9 +135,6 @@ class LlamaCppEngine:
         model = self._require_model()
         return b"".join(model.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
 
-    def valid_token(self, token: int) -> bool:
-        return self._require_model().valid_token(token)
-
     def render_chat(
         self,
         messages: Sequence[Mapping[str, Any]],
@@ -164,8 +160,7 @@ class LlamaCppEngine:
         its stream of deltas. Closing the stream early frees the request's sequences."""
         scheduler = self._require_scheduler()
         sink: asyncio.Queue[list[Delta] | BaseException] = asyncio.Queue()
-        self._arrivals += 1
-        group = Group(request=request, sink=sink, arrival=self._arrivals)
+        group = Group(request=request, sink=sink)
         scheduler.submit(group)
         return GenerationStream(scheduler, group)
 
@@ -203,10 +198,7 @@ class GenerationStream:
         self.cancel()
 
     def cancel(self) -> None:
-        if self._remaining > 0:
-            self._remaining = 0
-            self._group.cancelled = True
-            self._scheduler.cancel(self._group.request_id)
+        if self._abandon():
             log.info(
                 "request %s cancelled by the client after %.2fs",
                 self._group.request_id,
@@ -214,6 +206,13 @@ class GenerationStream:
             )
 
     def __del__(self) -> None:
-        if self._remaining > 0:
-            self._group.cancelled = True
-            self._scheduler.cancel(self._group.request_id)
+        self._abandon()
+
+    def _abandon(self) -> bool:
+        """Stop whatever is still generating; True if anything was."""
+        if self._remaining <= 0:
+            return False
+        self._remaining = 0
+        self._group.cancelled = True
+        self._scheduler.cancel(self._group.request_id)
+        return True

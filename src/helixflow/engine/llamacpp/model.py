@@ -180,9 +180,6 @@ class LlamaModel:
             self._eog_cache[token] = cached
         return cached
 
-    def valid_token(self, token: int) -> bool:
-        return 0 <= token < self.n_vocab
-
     def close(self) -> None:
         if getattr(self, "_ctx", None):
             llama_cpp.llama_free(self._ctx)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import llama_cpp
 
-from helixflow.engine.base import Delta, EngineStats, TokenLogprob
+from helixflow.engine.base import Delta, EngineStats, FinishReason, TokenLogprob
 from helixflow.engine.llamacpp.model import LlamaModel
 from helixflow.engine.llamacpp.sampling import (
     SamplerChain,
@@ -44,7 +44,7 @@ from helixflow.engine.llamacpp.sequence import (
     common_prefix_len,
 )
 from helixflow.engine.text import StopMatcher
-from helixflow.errors import EngineError, QueueFullError
+from helixflow.errors import EngineError, InvalidRequestError, QueueFullError
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,15 @@ class Scheduler:
         llama_cpp.llama_batch_free(self._batch)
 
     def submit(self, group: Group) -> None:
-        """Queue a request; raises :class:`QueueFullError` past the waiting limit."""
+        """Queue a request; raises :class:`QueueFullError` past the waiting limit, and
+        :class:`InvalidRequestError` for more choices than slots (it could never start)."""
+        if group.request.n > len(self._slots):
+            raise InvalidRequestError(
+                f"n={group.request.n} exceeds the {len(self._slots)} parallel sequences "
+                "this model serves",
+                param="n",
+                code="n_too_large",
+            )
         with self._lock:
             free = sum(1 for s in self._slots if s.owner is None)
             if self._queued >= self._opts.max_queue and self._queued + group.request.n > free:
@@ -241,22 +249,27 @@ class Scheduler:
         self, prompt: list[int], free: list[Slot], no_reuse: bool
     ) -> tuple[Slot, int]:
         """Pick a free slot for ``prompt`` and bring the longest cached prefix into it."""
-        target = self._choose_slot(prompt, free)
-        if no_reuse or not self._opts.prefix_cache:
+        reuse = not no_reuse and self._opts.prefix_cache
+        matched = {
+            s.seq_id: common_prefix_len(s.tokens, prompt) if reuse else 0 for s in self._slots
+        }
+        target = self._choose_slot(matched, free)
+        if not reuse:
             self._clear_slot(target)
             return target, 0
         limit = len(prompt) - 1  # the last prompt token is always fed, for its logits
-        own = min(common_prefix_len(target.tokens, prompt), limit)
-        source = max(self._slots, key=lambda s: common_prefix_len(s.tokens, prompt))
-        copied = min(common_prefix_len(source.tokens, prompt), limit)
+        own = min(matched[target.seq_id], limit)
+        source = max(self._slots, key=lambda s: matched[s.seq_id])
+        copied = min(matched[source.seq_id], limit)
         if source is not target and copied - own >= self._min_copy:
             return target, self._copy_prefix(source, target, copied)
         return target, self._truncate(target, own)
 
-    def _choose_slot(self, prompt: list[int], free: list[Slot]) -> Slot:
+    def _choose_slot(self, matched: dict[int, int], free: list[Slot]) -> Slot:
+        """``matched``: each slot's cached prefix length in common with the prompt."""
         if self._unified:
             # Copies are free in a unified pool: keep the best cache where it is, else LRU.
-            return max(free, key=lambda s: (common_prefix_len(s.tokens, prompt), -s.last_used))
+            return max(free, key=lambda s: (matched[s.seq_id], -s.last_used))
         # Per-sequence streams: llama.cpp decodes sequences in one micro-batch only when their
         # ids are consecutive, so busy slots are kept packed at the lowest ids.
         return min(free, key=lambda s: s.seq_id)
@@ -459,14 +472,11 @@ class Scheduler:
             scores = log_softmax(logits_at(model, row))
             logprobs = [token_logprob(model, scores, token, sampling.logprobs)]
         text = seq.stop.push(seq.utf8.push(model.token_bytes(token)))
+        self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token], logprobs=logprobs))
         if seq.stop.stopped:
-            self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token], logprobs=logprobs))
             self._finish(seq, "stop")
         elif seq.generated >= seq.max_tokens or len(seq.tokens) >= model.n_ctx_seq:
-            self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token], logprobs=logprobs))
             self._finish(seq, "length")
-        else:
-            self._emit(seq, Delta(index=seq.index, text=text, token_ids=[token], logprobs=logprobs))
 
     def _emit_prompt_logprobs(self, entry: _BatchEntry) -> None:
         seq = entry.seq
@@ -488,7 +498,7 @@ class Scheduler:
         self._emit(seq, Delta(index=seq.index, prompt_logprobs=out))
 
     # -- output --------------------------------------------------------------------------------
-    def _finish(self, seq: Sequence, reason: str) -> None:
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         if seq.phase is Phase.FINISHED:
             return
         tail = seq.stop.push(seq.utf8.flush()) + seq.stop.flush()
@@ -505,7 +515,7 @@ class Scheduler:
             Delta(
                 index=seq.index,
                 text=tail,
-                finish_reason=reason,  # type: ignore[arg-type]
+                finish_reason=reason,
                 completion_tokens=seq.generated,
                 cached_tokens=seq.cached_tokens,
             ),

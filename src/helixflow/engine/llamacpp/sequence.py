@@ -34,7 +34,6 @@ class Group:
 
     request: GenerationRequest
     sink: asyncio.Queue[list[Delta] | BaseException]
-    arrival: int
     sequences: list[Sequence] = field(default_factory=list)
     cancelled: bool = False
 
