@@ -135,3 +135,18 @@ class ServiceUnavailableError(HelixFlowError):
     status_code = 503
     error_type = "server_error"
     default_code = "service_unavailable"
+
+
+# The error class for each status a framework may raise by itself (unknown URL, wrong method).
+ERRORS_BY_STATUS: dict[int, type[HelixFlowError]] = {
+    cls.status_code: cls
+    for cls in (
+        InvalidRequestError,
+        AuthenticationError,
+        PermissionDeniedError,
+        NotFoundError,
+        MethodNotAllowedError,
+        PayloadTooLargeError,
+        UnsupportedMediaTypeError,
+    )
+}

@@ -10,20 +10,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from helixflow.errors import HelixFlowError, UnsupportedMediaTypeError, error_envelope
+from helixflow.errors import (
+    ERRORS_BY_STATUS,
+    HelixFlowError,
+    InvalidRequestError,
+    UnsupportedMediaTypeError,
+    error_envelope,
+)
 
 log = logging.getLogger(__name__)
-
-_STATUS_TYPES = {
-    400: ("invalid_request_error", None),
-    401: ("authentication_error", "invalid_api_key"),
-    403: ("permission_error", None),
-    404: ("invalid_request_error", "not_found"),
-    405: ("invalid_request_error", "method_not_allowed"),
-    413: ("invalid_request_error", "request_too_large"),
-    415: ("invalid_request_error", "unsupported_media_type"),
-    429: ("rate_limit_error", "rate_limit_exceeded"),
-}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -135,16 +130,14 @@ def _body_error(request: Request, error: dict[str, Any]) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    error_type, code = _STATUS_TYPES.get(exc.status_code, ("invalid_request_error", None))
     message = str(exc.detail)
     if exc.status_code == 404:
         message = f"Unknown URL: {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}"
+    error = ERRORS_BY_STATUS.get(exc.status_code, InvalidRequestError)(message)
     return JSONResponse(
-        error_envelope(message, error_type, None, code),
-        status_code=exc.status_code,
-        headers=getattr(exc, "headers", None),
+        error.envelope(), status_code=exc.status_code, headers=getattr(exc, "headers", None)
     )
 
 

@@ -114,12 +114,11 @@ class RequestIdMiddleware:
             or uuid.uuid4().hex
         )
         scope.setdefault("state", {})["request_id"] = request_id
+        encoded = request_id.encode("latin-1")
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                if not any(k.lower() == b"x-request-id" for k, _ in headers):
-                    headers.append((b"x-request-id", request_id.encode("latin-1")))
+                headers = [*message.get("headers", []), (b"x-request-id", encoded)]
                 message = {**message, "headers": headers}
             await send(message)
 

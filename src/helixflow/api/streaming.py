@@ -17,12 +17,10 @@ T = TypeVar("T")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def sse_response(body: AsyncIterator[bytes], request_id: str) -> StreamingResponse:
+def sse_response(body: AsyncIterator[bytes]) -> StreamingResponse:
     """Starlette cancels the body iterator when the client disconnects; the generation
     stream's cleanup then frees the sequence at once."""
-    return StreamingResponse(
-        body, media_type="text/event-stream", headers={**SSE_HEADERS, "X-Request-Id": request_id}
-    )
+    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -243,3 +243,14 @@ def test_streamed_echo(client: openai.OpenAI) -> None:
         )
     )
     assert "".join(c.choices[0].text for c in chunks) == full.choices[0].text
+
+
+def test_cached_tokens_are_counted_once_per_prompt(client: openai.OpenAI) -> None:
+    prompt = "A reused prompt about lighthouses and the sea at night"
+    complete(client, prompt, max_tokens=1, temperature=0)  # leaves the prompt's KV cached
+    reply = complete(client, prompt, max_tokens=2, temperature=0, n=2)
+    assert reply.usage is not None
+    details = reply.usage.prompt_tokens_details
+    assert details is not None
+    # both choices reuse the same prefix: it counts once, and never exceeds the prompt
+    assert 0 < (details.cached_tokens or 0) < reply.usage.prompt_tokens

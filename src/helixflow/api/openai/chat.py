@@ -37,7 +37,5 @@ async def create_chat_completion(
 ) -> Response:
     prepared = service.prepare(body)
     if body.stream:
-        deltas = prepared.engine.generate(prepared.generation)
-        return sse_response(service.stream(prepared, deltas), prepared.completion_id)
-    result = await until_disconnected(request, service.complete(prepared))
-    return json_response(result, prepared.completion_id)
+        return sse_response(service.stream(prepared, service.open(prepared)))
+    return json_response(await until_disconnected(request, service.complete(prepared)))

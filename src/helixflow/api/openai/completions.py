@@ -35,7 +35,5 @@ async def create_completion(
 ) -> Response:
     prepared = service.prepare(body)
     if body.stream:
-        opened = service.open(prepared)
-        return sse_response(service.stream(prepared, opened), prepared.completion_id)
-    result = await until_disconnected(request, service.complete(prepared))
-    return json_response(result, prepared.completion_id)
+        return sse_response(service.stream(prepared, service.open(prepared)))
+    return json_response(await until_disconnected(request, service.complete(prepared)))

@@ -68,12 +68,3 @@ def sampling_params(
         logprobs=logprobs,
         ignore_eos=fields.ignore_eos,
     )
-
-
-def check_parallel(engine: Engine, n: int) -> None:
-    if n > engine.info.parallel:
-        raise InvalidRequestError(
-            f"n={n} exceeds the {engine.info.parallel} parallel sequences this model serves",
-            param="n",
-            code="n_too_large",
-        )

@@ -17,6 +17,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def json_response(model: BaseModel, request_id: str | None = None) -> Response:
-    headers = {"X-Request-Id": request_id} if request_id else None
-    return Response(model.model_dump_json(), media_type="application/json", headers=headers)
+def json_response(model: BaseModel) -> Response:
+    """Serialize with pydantic's own encoder (skips FastAPI's re-validation of the reply)."""
+    return Response(model.model_dump_json(), media_type="application/json")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from helixflow.api.openai.logprobs import chat_logprobs
-from helixflow.api.openai.params import check_context, check_parallel, sampling_params
+from helixflow.api.openai.params import check_context, sampling_params
 from helixflow.api.openai.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -19,7 +19,7 @@ from helixflow.api.openai.protocol import (
     ChatMessage,
     TextContentPart,
 )
-from helixflow.api.openai.shaping import finish_reason, usage
+from helixflow.api.openai.shaping import UsageCounter, finish_reason
 from helixflow.api.openai.sse import DONE, ChunkWriter, error_event
 from helixflow.engine.base import Engine, GenerationRequest, GenerationStream
 from helixflow.engine.registry import EngineRegistry
@@ -72,7 +72,6 @@ class ChatService:
     def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
         engine = self._engines.get(request.model)
         self._check_unsupported(request)
-        check_parallel(engine, request.n)
         messages = [message_dict(m, i) for i, m in enumerate(request.messages)]
         tools = [t.model_dump(exclude_none=True) for t in request.tools or []] or None
         prompt = engine.render_chat(messages, tools=tools)
@@ -104,13 +103,18 @@ class ChatService:
                 code="unsupported_tool_choice",
             )
 
+    @staticmethod
+    def open(prepared: PreparedChat) -> GenerationStream:
+        """Submit the request now, so a full queue is a 429 before any byte is sent."""
+        return prepared.engine.generate(prepared.generation)
+
     async def complete(self, prepared: PreparedChat) -> ChatCompletion:
         n = prepared.request.n
         texts = [""] * n
         finish: list[str | None] = [None] * n
         token_logprobs: list[list[Any]] = [[] for _ in range(n)]
-        completion_tokens = cached = 0
-        stream = prepared.engine.generate(prepared.generation)
+        counter = UsageCounter(prepared.prompt_tokens)
+        stream = self.open(prepared)
         try:
             async for delta in stream:
                 texts[delta.index] += delta.text
@@ -118,8 +122,7 @@ class ChatService:
                     token_logprobs[delta.index].extend(delta.logprobs)
                 if delta.finish_reason is not None:
                     finish[delta.index] = delta.finish_reason
-                    completion_tokens += delta.completion_tokens
-                    cached = max(cached, delta.cached_tokens)
+                    counter.add(delta)
         finally:
             stream.cancel()
         want_logprobs = prepared.generation.sampling.logprobs is not None
@@ -141,7 +144,7 @@ class ChatService:
             created=prepared.created,
             model=prepared.request.model,
             choices=choices,
-            usage=usage(prepared.prompt_tokens, completion_tokens, cached),
+            usage=counter.usage(),
             system_fingerprint=prepared.engine.info.fingerprint,
         )
 
@@ -175,7 +178,7 @@ class ChatService:
 
         for index in range(prepared.request.n):
             yield chunk(index, {"role": "assistant", "content": ""})
-        completion_tokens = cached = 0
+        counter = UsageCounter(prepared.prompt_tokens)
         want_logprobs = prepared.generation.sampling.logprobs is not None
         try:
             async for delta in deltas:
@@ -183,8 +186,7 @@ class ChatService:
                 if delta.text or delta.logprobs:
                     yield chunk(delta.index, {"content": delta.text}, logprobs)
                 if delta.finish_reason is not None:
-                    completion_tokens += delta.completion_tokens
-                    cached = max(cached, delta.cached_tokens)
+                    counter.add(delta)
                     yield chunk(delta.index, {}, None, finish_reason(delta.finish_reason))
         except HelixFlowError as exc:
             yield error_event(exc)
@@ -192,6 +194,5 @@ class ChatService:
         finally:
             deltas.cancel()
         if prepared.request.include_usage:
-            totals = usage(prepared.prompt_tokens, completion_tokens, cached)
-            yield writer.usage(totals.model_dump())
+            yield writer.usage(counter.usage().model_dump())
         yield DONE

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from helixflow.api.openai.logprobs import legacy_logprobs
-from helixflow.api.openai.params import check_context, check_parallel, sampling_params
+from helixflow.api.openai.params import check_context, sampling_params
 from helixflow.api.openai.protocol import (
     Completion,
     CompletionChoice,
     CompletionLogprobs,
     CompletionRequest,
 )
-from helixflow.api.openai.shaping import finish_reason, usage
+from helixflow.api.openai.shaping import UsageCounter, finish_reason
 from helixflow.api.openai.sse import DONE, ChunkWriter, error_event, merge
 from helixflow.engine.base import Delta, Engine, GenerationRequest, GenerationStream, TokenLogprob
 from helixflow.engine.registry import EngineRegistry
@@ -56,7 +56,6 @@ class CompletionService:
 
     def prepare(self, request: CompletionRequest) -> PreparedCompletion:
         engine = self._engines.get(request.model)
-        check_parallel(engine, request.n)
         prompts = self._tokenized_prompts(engine, request)
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         generations = []
@@ -131,17 +130,20 @@ class CompletionService:
     async def complete(self, prepared: PreparedCompletion) -> Completion:
         n_choices = len(prepared.generations) * prepared.request.n
         choices = [_Choice() for _ in range(n_choices)]
-        completion_tokens = cached = 0
-        streams = [_tagged(i, s) for i, s in enumerate(self.open(prepared))]
-        async for prompt_index, delta in merge(streams):
-            choice = choices[prepared.choice_index(prompt_index, delta)]
-            choice.text += delta.text
-            choice.tokens.extend(delta.logprobs or [])
-            choice.prompt_tokens.extend(delta.prompt_logprobs or [])
-            if delta.finish_reason is not None:
-                choice.finish_reason = delta.finish_reason
-                completion_tokens += delta.completion_tokens
-                cached += delta.cached_tokens
+        counter = UsageCounter(prepared.prompt_tokens)
+        opened = self.open(prepared)
+        try:
+            async for prompt_index, delta in merge(_tagged(opened)):
+                choice = choices[prepared.choice_index(prompt_index, delta)]
+                choice.text += delta.text
+                choice.tokens.extend(delta.logprobs or [])
+                choice.prompt_tokens.extend(delta.prompt_logprobs or [])
+                if delta.finish_reason is not None:
+                    choice.finish_reason = delta.finish_reason
+                    counter.add(delta)
+        finally:
+            for stream in opened:
+                stream.cancel()
         out = []
         for index, choice in enumerate(choices):
             echo = prepared.prompt_texts[index // prepared.request.n]
@@ -164,7 +166,7 @@ class CompletionService:
             created=prepared.created,
             model=prepared.request.model,
             choices=out,
-            usage=usage(prepared.prompt_tokens, completion_tokens, cached),
+            usage=counter.usage(),
             system_fingerprint=prepared.engine.info.fingerprint,
         )
 
@@ -187,16 +189,15 @@ class CompletionService:
                 {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
             )
 
-        completion_tokens = cached = 0
+        counter = UsageCounter(prepared.prompt_tokens)
         try:
-            streams = [_tagged(i, s) for i, s in enumerate(opened)]
             if request.echo:
                 for index in range(len(offsets)):
                     text = prepared.prompt_texts[index // request.n]
                     offsets[index] = len(text)
                     if text and request.logprobs is None:
                         yield chunk(index, text, None, None)
-            async for prompt_index, delta in merge(streams):
+            async for prompt_index, delta in merge(_tagged(opened)):
                 index = prepared.choice_index(prompt_index, delta)
                 if delta.prompt_logprobs:
                     scores = legacy_logprobs(delta.prompt_logprobs)
@@ -208,8 +209,7 @@ class CompletionService:
                     yield chunk(index, delta.text, logprobs, None)
                     offsets[index] += len(delta.text)
                 if delta.finish_reason is not None:
-                    completion_tokens += delta.completion_tokens
-                    cached += delta.cached_tokens
+                    counter.add(delta)
                     yield chunk(index, "", None, finish_reason(delta.finish_reason))
         except HelixFlowError as exc:
             yield error_event(exc)
@@ -218,16 +218,15 @@ class CompletionService:
             for stream in opened:
                 stream.cancel()
         if request.include_usage:
-            totals = usage(prepared.prompt_tokens, completion_tokens, cached)
-            yield writer.usage(totals.model_dump())
+            yield writer.usage(counter.usage().model_dump())
         yield DONE
 
 
-async def _tagged(index: int, deltas: AsyncIterator[Delta]) -> AsyncIterator[tuple[int, Delta]]:
-    try:
-        async for delta in deltas:
+def _tagged(streams: list[GenerationStream]) -> list[AsyncIterator[tuple[int, Delta]]]:
+    """Each stream's deltas paired with the index of its prompt (closing is the caller's)."""
+
+    async def tag(index: int, stream: GenerationStream) -> AsyncIterator[tuple[int, Delta]]:
+        async for delta in stream:
             yield index, delta
-    finally:
-        aclose = getattr(deltas, "aclose", None)
-        if aclose is not None:
-            await aclose()
+
+    return [tag(i, stream) for i, stream in enumerate(streams)]
