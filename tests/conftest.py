@@ -20,6 +20,14 @@ QUEUE_MODEL = "smollm2-queue"  # one slot and no waiting room: for 429 tests
 SMALL_KV_MODEL = "smollm2-small-kv"  # a tiny shared KV budget: for preemption tests
 
 
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No HELIXFLOW_* variable of the caller's leaks into settings under test."""
+    for key in list(os.environ):
+        if key.startswith("HELIXFLOW_"):
+            monkeypatch.delenv(key)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -9,14 +9,7 @@ import yaml
 
 from helixflow.config import DEFAULT_MODEL_ID, ConfigFileError, ModelConfig, load_settings
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("HELIXFLOW_"):
-            monkeypatch.delenv(key)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def test_defaults_serve_the_bundled_model_on_localhost() -> None:
