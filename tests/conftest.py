@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -18,6 +20,82 @@ import yaml
 CHAT_MODELS = ["smollm2-135m", "gemma3-270m"]
 QUEUE_MODEL = "smollm2-queue"  # one slot and no waiting room: for 429 tests
 SMALL_KV_MODEL = "smollm2-small-kv"  # a tiny shared KV budget: for preemption tests
+
+
+DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def postgres_dsn() -> str:
+    """The server CI provides (``.ci/run`` exports it); tests create their own databases in it."""
+    return os.environ.get("HELIXFLOW_TEST_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)
+
+
+async def _admin(statement: str) -> None:
+    import asyncpg
+
+    from helixflow.store.urls import parse_url
+
+    url = parse_url(postgres_dsn())
+    conn = await asyncpg.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=url.password,
+        database=url.database or "postgres",
+    )
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def create_postgres_database() -> str:
+    """A new, empty database on the test server; returns its URL."""
+    from helixflow.store.urls import parse_url
+
+    name = f"hf_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    return parse_url(postgres_dsn()).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(url: str) -> None:
+    from helixflow.store.urls import parse_url
+
+    name = parse_url(url).database
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    url = create_postgres_database()
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each supported kind (SQLite file; fresh PostgreSQL database)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'helixflow.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[object]:
+    """A migrated ``helixflow.store.database.Database`` on each kind of database."""
+    from helixflow.store.database import Database
+    from helixflow.store.migrate import Migrator
+
+    db = Database(database_url)
+    await Migrator(db).upgrade()
+    try:
+        yield db
+    finally:
+        await db.dispose()
 
 
 @pytest.fixture

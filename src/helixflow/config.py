@@ -113,6 +113,90 @@ class ServerConfig(BaseModel):
     access_log: bool = False
 
 
+class DatabaseConfig(BaseModel):
+    """Where the control plane keeps its records (see docs/persistence.md)."""
+
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Plain driver-less URLs work as written: "
+        "`postgresql://user@host:5432/db`, `sqlite:///path.db`, `hana://user:pw@host:port`. "
+        "Default: a SQLite file `helixflow.db` in the data directory.",
+    )
+    pool_size: int = Field(default=5, ge=1, le=1000, description="Connections kept open.")
+    max_overflow: int = Field(
+        default=10, ge=0, le=1000, description="Extra connections opened under load."
+    )
+    pool_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest wait for a free pooled connection."
+    )
+    pool_recycle_s: float = Field(
+        default=1800.0, gt=0, description="Connections older than this are reopened."
+    )
+    pool_pre_ping: bool = Field(
+        default=True, description="Check a pooled connection before handing it out."
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one connect.")
+    connect_retries: int = Field(
+        default=5, ge=0, le=100, description="Retries of the first connection at startup."
+    )
+    retry_backoff_s: float = Field(
+        default=0.5, gt=0, description="First retry delay; doubles each time, with jitter."
+    )
+    retry_backoff_max_s: float = Field(default=10.0, gt=0, description="Longest retry delay.")
+    statement_timeout_ms: int = Field(
+        default=30_000,
+        ge=0,
+        description="Server-side statement timeout (PostgreSQL); busy timeout on SQLite. "
+        "0 disables it.",
+    )
+    auto_upgrade: Literal["sqlite", "always", "never"] = Field(
+        default="sqlite",
+        description="Run pending migrations at startup: only on SQLite (the embedded "
+        "default), on any database, or never. Otherwise `serve` refuses to start on a "
+        "schema that is behind and says to run `helixflow db upgrade`.",
+    )
+    echo: bool = Field(default=False, description="Log every SQL statement.")
+
+
+class TelemetryConfig(BaseModel):
+    """The writer that records every request off the hot path."""
+
+    enabled: bool = True
+    queue_size: int = Field(
+        default=100_000,
+        ge=1,
+        description="Events held in memory; beyond that they go straight to the disk spool.",
+    )
+    batch_size: int = Field(default=1000, ge=1, le=100_000, description="Rows per insert.")
+    flush_interval_ms: int = Field(
+        default=200, ge=1, description="Longest time an event waits in memory."
+    )
+    spool_dir: Path | None = Field(
+        default=None,
+        description="Where events go while the database is unreachable "
+        "(default: `spool/` in the data directory).",
+    )
+    spool_fsync: Literal["always", "interval", "never"] = Field(
+        default="always",
+        description="fsync the spool after every write, at most every "
+        "spool_fsync_interval_ms, or leave it to the OS.",
+    )
+    spool_fsync_interval_ms: int = Field(default=1000, ge=1)
+    spool_segment_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=4096, description="Size at which a spool file is sealed."
+    )
+    retry_interval_ms: int = Field(
+        default=1000, ge=10, description="How often an unreachable database is retried."
+    )
+    retention_days: int = Field(
+        default=30, ge=0, description="Age at which request records are pruned; 0 keeps all."
+    )
+    prune_interval_s: float = Field(default=3600.0, gt=0, description="How often to prune.")
+    prune_batch_size: int = Field(
+        default=5000, ge=1, description="Rows deleted per statement while pruning."
+    )
+
+
 def default_models() -> list[ModelConfig]:
     return [ModelConfig(id=DEFAULT_MODEL_ID, bundled=DEFAULT_MODEL_ID)]
 
@@ -130,6 +214,17 @@ class Settings(BaseSettings):
     server: ServerConfig = Field(default_factory=ServerConfig)
     models: list[ModelConfig] = Field(default_factory=default_models, min_length=1)
     data_dir: Path = Field(default=Path.home() / ".helixflow", description="State files.")
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+
+    @property
+    def database_url(self) -> str:
+        """The configured URL, or the embedded SQLite file in the data directory."""
+        return self.database.url or f"sqlite:///{self.data_dir / 'helixflow.db'}"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.telemetry.spool_dir or self.data_dir / "spool"
 
     @field_validator("models")
     @classmethod
@@ -141,6 +236,26 @@ class Settings(BaseSettings):
                     raise ValueError(f"model name {name!r} is used twice")
                 seen.add(name)
         return models
+
+
+FLAT_ENV_ALIASES: dict[str, tuple[str, str]] = {
+    "HELIXFLOW_DATABASE_URL": ("database", "url"),
+}
+"""Well-known single-level variables, read below their ``__`` spellings."""
+
+
+class _FlatEnvAliases(PydanticBaseSettingsSource):
+    """``HELIXFLOW_DATABASE_URL`` as users write it, beside ``HELIXFLOW_DATABASE__URL``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for var, (section, key) in FLAT_ENV_ALIASES.items():
+            if os.environ.get(var):
+                values.setdefault(section, {})[key] = os.environ[var]
+        return values
 
 
 def _settings_class(config_file: Path | None) -> type[Settings]:
@@ -156,7 +271,11 @@ def _settings_class(config_file: Path | None) -> type[Settings]:
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            sources: list[PydanticBaseSettingsSource] = [
+                init_settings,
+                env_settings,
+                _FlatEnvAliases(settings_cls),
+            ]
             if config_file is not None:
                 sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
             return tuple(sources)

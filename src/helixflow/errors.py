@@ -150,3 +150,19 @@ ERRORS_BY_STATUS: dict[int, type[HelixFlowError]] = {
         UnsupportedMediaTypeError,
     )
 }
+
+
+class StartupError(Exception):
+    """The process cannot start as configured; the message says what to do about it."""
+
+
+class ConfigurationError(StartupError):
+    """A setting is invalid (a database URL, a missing driver, an unsafe combination)."""
+
+
+class DatabaseUnavailableError(StartupError):
+    """The database could not be reached within the configured retries."""
+
+
+class SchemaOutOfDateError(StartupError):
+    """The database schema is behind this release and may not be upgraded automatically."""

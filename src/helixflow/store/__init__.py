@@ -1,0 +1,1 @@
+"""Persistence: schema, migrations, repositories (all SQL lives here) and the telemetry writer."""

@@ -1,0 +1,1 @@
+"""Repositories: every SQL statement HelixFlow runs, grouped by what it is about."""

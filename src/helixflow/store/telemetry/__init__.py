@@ -1,0 +1,1 @@
+"""Telemetry: events recorded on the request path and written to SQL in the background."""
