@@ -4,6 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # llama-cpp-python compiles llama.cpp from source on first install (several minutes on 2 cores).
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+# It is built once per machine and CPU flags into a wheel directory outside the repo, so a
+# clean checkout installs in seconds. The flags leave AMX out (scripts/ggml_cpu_flags.sh says
+# why); pip's own wheel cache cannot be used for that, as it ignores CMAKE_ARGS.
+LLAMA_VERSION    := $(shell grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml | cut -d= -f3)
+LLAMA_CMAKE_ARGS ?= $(shell scripts/ggml_cpu_flags.sh)
+LLAMA_WHEELS     ?= $(HOME)/.cache/helixflow/llama-wheels/$(shell echo '$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS)' | sha1sum | cut -c1-12)
+PIP_INSTALL       = $(BIN)/pip install --quiet --find-links $(LLAMA_WHEELS)
 
 .PHONY: serve test lint format typecheck check bench llama-server clean help
 
@@ -17,12 +24,24 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+$(LLAMA_WHEELS)/.built: | $(BIN)/python
+	@echo "building llama-cpp-python $(LLAMA_VERSION) (llama.cpp; several minutes, once per machine)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-deps --no-cache-dir \
+		--wheel-dir $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION)
 	@touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+# The wheel is (re)installed first, so a venv made before a change of flags picks it up.
+LLAMA_WHEEL_INSTALL = $(BIN)/pip install --quiet --no-deps --force-reinstall \
+	$(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
+
+$(VENV)/.installed: pyproject.toml $(LLAMA_WHEELS)/.built | $(BIN)/python
+	$(LLAMA_WHEEL_INSTALL)
+	$(PIP_INSTALL) -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(LLAMA_WHEELS)/.built | $(BIN)/python
+	$(LLAMA_WHEEL_INSTALL)
+	$(PIP_INSTALL) -e '.[dev]'
 	@touch $@ $(VENV)/.installed
 
 serve: $(VENV)/.installed
@@ -45,7 +64,7 @@ typecheck: $(VENV)/.installed-dev
 check: lint typecheck
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(PIP_INSTALL) -e '.[dev,bench]'
 	@touch $@ $(VENV)/.installed-dev $(VENV)/.installed
 
 bench: $(VENV)/.installed-bench

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build llama.cpp's `llama-server` from the llama.cpp source vendored in the
 # llama-cpp-python source distribution, so the peer runs the very same llama.cpp
-# revision that HelixFlow links against.
+# revision, built with the same CPU flags (scripts/ggml_cpu_flags.sh), that HelixFlow
+# links against.
 #
 # Usage: benchmarks/build_llama_server.sh            (from anywhere in the repo)
 # Env:   LLAMA_CPP_PYTHON_VERSION  sdist version (default 0.3.36, the pinned one)
@@ -55,7 +56,7 @@ cmake -S "${SRC_DIR}/vendor/llama.cpp" -B "${CMAKE_DIR}" \
     -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF \
-    -DGGML_NATIVE=ON >&2
+    $("${REPO_ROOT}/scripts/ggml_cpu_flags.sh") >&2
 
 echo "building llama-server with ${JOBS} jobs (about 6 minutes on 2 cores)" >&2
 cmake --build "${CMAKE_DIR}" --config Release --target llama-server -j "${JOBS}" >&2

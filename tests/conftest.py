@@ -113,14 +113,33 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, config: dict[str, object], workdir: Path, name: str) -> None:
+    """``helixflow serve`` in a subprocess; ``database_url`` None means the embedded SQLite."""
+
+    def __init__(
+        self,
+        config: dict[str, object],
+        workdir: Path,
+        name: str,
+        database_url: str | None = None,
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         config_path = workdir / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / f"{name}.log"
+        self.data_dir = workdir / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("HELIXFLOW_")}
-        env["HELIXFLOW_DATA_DIR"] = str(workdir / "data")
+        env["HELIXFLOW_DATA_DIR"] = str(self.data_dir)
+        self.database_url = database_url or f"sqlite:///{self.data_dir / 'helixflow.db'}"
+        if database_url is not None:
+            env["HELIXFLOW_DATABASE_URL"] = database_url
+            # A production database is migrated by the operator, not by `serve`.
+            subprocess.run(
+                [sys.executable, "-m", "helixflow", "db", "upgrade"],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [
@@ -163,7 +182,8 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server with both chat models plus two small-capacity variants of SmolLM2."""
+    """One server with both chat models plus two small-capacity variants of SmolLM2, recording
+    to a fresh PostgreSQL database."""
     config = {
         "server": {"max_body_bytes": 256 * 1024, "log_level": "info"},
         "models": [
@@ -179,7 +199,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
                 "id": QUEUE_MODEL,
                 "bundled": "smollm2-135m",
                 "parallel": 1,
-                "context_size": 1024,
+                "context_size": 4096,
                 "max_queue": 0,
             },
             {
@@ -191,9 +211,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             },
         ],
     }
-    proc = ServerProcess(config, tmp_path_factory.mktemp("server"), "main")
+    database_url = create_postgres_database()
+    proc = ServerProcess(config, tmp_path_factory.mktemp("server"), "main", database_url)
     yield proc
     proc.stop()
+    drop_postgres_database(database_url)
 
 
 @pytest.fixture(scope="session")

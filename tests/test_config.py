@@ -103,3 +103,41 @@ def test_unknown_keys_are_rejected(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"sever": {"port": 1}}))
     with pytest.raises(ValueError, match="sever"):
         load_settings(path)
+
+
+def test_database_defaults_to_sqlite_in_the_data_dir(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    assert settings.database_url == f"sqlite:///{tmp_path / 'helixflow.db'}"
+    assert settings.spool_dir == tmp_path / "spool"
+
+
+def test_database_url_from_the_flat_variable_beats_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"database": {"url": "postgresql://file@h/db", "pool_size": 7}}))
+    assert load_settings(path).database_url == "postgresql://file@h/db"
+    monkeypatch.setenv("HELIXFLOW_DATABASE_URL", "postgresql://env@h/db")
+    settings = load_settings(path)
+    assert settings.database_url == "postgresql://env@h/db"
+    assert settings.database.pool_size == 7  # the rest of the section still comes from the file
+    monkeypatch.setenv("HELIXFLOW_DATABASE__URL", "postgresql://nested@h/db")
+    assert load_settings(path).database_url == "postgresql://nested@h/db"
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"database": {"pool_size": 0}},
+        {"database": {"auto_upgrade": "sometimes"}},
+        {"telemetry": {"spool_fsync": "maybe"}},
+        {"telemetry": {"batch_size": 0}},
+    ],
+)
+def test_invalid_database_and_telemetry_settings(
+    tmp_path: Path, section: dict[str, object]
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(section))
+    with pytest.raises(ValueError, match="validation error"):
+        load_settings(path)

@@ -8,17 +8,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 
 from helixflow import __version__
 from helixflow.api import health
+from helixflow.api.admin.analytics import router as analytics_router
 from helixflow.api.errors import install_error_handlers
 from helixflow.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from helixflow.api.openai.routes import router as openai_router
 from helixflow.api.openai.serving_chat import ChatService
 from helixflow.api.openai.serving_completions import CompletionService
+from helixflow.api.telemetry import TelemetryMiddleware
 from helixflow.config import Settings
 from helixflow.engine.registry import EngineRegistry
+from helixflow.store.runtime import Store
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +28,22 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = await Store.open(settings)
+        app.state.store = store
+        app.state.database = store.database
+        app.state.recorder = store
         engines = EngineRegistry(settings.models, retry_after_s=settings.server.retry_after_seconds)
         app.state.engines = engines
         app.state.chat_service = ChatService(engines)
         app.state.completion_service = CompletionService(engines)
         started = time.monotonic()
-        await engines.start()
-        log.info("%d model(s) loaded in %.1fs", len(engines), time.monotonic() - started)
         try:
+            await engines.start()
+            log.info("%d model(s) loaded in %.1fs", len(engines), time.monotonic() - started)
             yield
         finally:
             await engines.stop()
+            await store.close()
 
     app = FastAPI(
         title="HelixFlow",
@@ -44,13 +51,15 @@ def create_app(settings: Settings) -> FastAPI:
         description="Self-hosted, OpenAI-compatible inference: a llama.cpp engine with "
         "continuous batching behind the OpenAI API.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
     app.state.settings = settings
     app.state.started_at = time.monotonic()
     install_error_handlers(app)
+    # Outermost last: request id, then telemetry (which records even a 413), then body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(TelemetryMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(openai_router)
+    app.include_router(analytics_router)
     return app

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
@@ -16,6 +17,9 @@ from rich.table import Table
 from helixflow import __version__
 from helixflow.config import ConfigFileError, ModelConfig, Settings, load_settings
 from helixflow.engine.bundled import BUNDLED_MODELS, find_bundled
+from helixflow.errors import StartupError
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="helixflow",
@@ -25,6 +29,11 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Inspect the models this server can serve.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+db_app = typer.Typer(
+    help="Manage the database schema (SQLite by default; HELIXFLOW_DATABASE_URL picks another).",
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
 
 ConfigOption = Annotated[
     Path | None,
@@ -122,6 +131,7 @@ def serve(
 
 
 async def _serve(server: uvicorn.Server, settings: Settings) -> None:
+    await _preflight(settings)
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn has no event)
         await asyncio.sleep(0.05)
@@ -130,6 +140,23 @@ async def _serve(server: uvicorn.Server, settings: Settings) -> None:
     await task
     if not server.started:
         raise typer.Exit(1)
+
+
+async def _preflight(settings: Settings) -> None:
+    """Reach the database and bring its schema up to date (or refuse) before binding."""
+    from helixflow.store.database import Database
+    from helixflow.store.migrate import Migrator
+
+    try:
+        database = Database(settings.database_url, settings.database)
+        try:
+            await database.connect()
+            await Migrator(database).ensure_schema(settings.database)
+        finally:
+            await database.dispose()
+    except StartupError as exc:
+        Console(stderr=True).print(f"[red]Cannot start:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
 
 
 def _print_banner(server: uvicorn.Server, settings: Settings) -> None:
@@ -207,6 +234,142 @@ def list_models(
             status,
         )
     Console().print(table)
+
+
+def _database(settings: Settings) -> Any:
+    from helixflow.store.database import Database
+
+    try:
+        return Database(settings.database_url, settings.database)
+    except StartupError as exc:
+        Console(stderr=True).print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def _run_db(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Connect (with the configured retries), run ``work(migrator)``, disconnect."""
+    from helixflow.store.migrate import Migrator
+
+    async def run() -> T:
+        database = _database(settings)
+        try:
+            await database.connect()
+            return await work(Migrator(database))
+        finally:
+            await database.dispose()
+
+    try:
+        return asyncio.run(run())
+    except StartupError as exc:
+        Console(stderr=True).print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from exc
+
+
+SqlOption = Annotated[
+    bool,
+    typer.Option(
+        "--sql",
+        help="Print the SQL for the database's dialect instead of running it (for review "
+        "by a DBA, or for SAP HANA); needs no connection.",
+    ),
+]
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    sql: SqlOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Apply pending migrations (safe to run again; it does nothing when up to date)."""
+    settings = _load(config)
+    if sql:
+        from helixflow.store.migrate import offline_sql
+
+        typer.echo(offline_sql(settings.database_url, revision))
+        return
+
+    async def work(migrator: Any) -> Any:
+        before = await migrator.current()
+        await migrator.upgrade(revision)
+        return before, await migrator.status()
+
+    before, status = _run_db(settings, work)
+    console = Console()
+    if before == status.current:
+        console.print(f"{status.url}: already at {status.current or 'base'}", highlight=False)
+    else:
+        console.print(
+            f"{status.url}: upgraded from {before or 'base'} to {status.current}",
+            highlight=False,
+        )
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[
+        str, typer.Argument(help="Target revision: an id, 'base' (drops everything) or -1.")
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Revert migrations down to REVISION. Data in dropped tables is lost."""
+    settings = _load(config)
+
+    async def work(migrator: Any) -> Any:
+        before = await migrator.current()
+        await migrator.downgrade(revision)
+        return before, await migrator.status()
+
+    before, status = _run_db(settings, work)
+    Console().print(
+        f"{status.url}: downgraded from {before or 'base'} to {status.current or 'base'}",
+        highlight=False,
+    )
+
+
+@db_app.command("status")
+def db_status(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit with status 1 when migrations are pending.")
+    ] = False,
+) -> None:
+    """Show the database, its schema revision and the migrations still to apply."""
+    settings = _load(config)
+
+    async def work(migrator: Any) -> Any:
+        return await migrator.status()
+
+    status = _run_db(settings, work)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "url": status.url,
+                    "dialect": status.dialect,
+                    "current": status.current,
+                    "head": status.head,
+                    "pending": status.pending,
+                    "up_to_date": status.up_to_date,
+                },
+                indent=2,
+            )
+        )
+    else:
+        console = Console()
+        console.print(f"database: {status.url} ({status.dialect})", highlight=False)
+        console.print(f"current:  {status.current or 'empty (no schema)'}", highlight=False)
+        console.print(f"head:     {status.head}", highlight=False)
+        if status.up_to_date:
+            console.print("[green]up to date[/green]")
+        else:
+            console.print(
+                f"[yellow]{len(status.pending)} migration(s) pending:[/yellow] "
+                f"{', '.join(status.pending)}; run `helixflow db upgrade`"
+            )
+    if check and not status.up_to_date:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from helixflow.api.openai.serving_chat import ChatService
 from helixflow.api.openai.serving_completions import CompletionService
 from helixflow.config import Settings
 from helixflow.engine.registry import EngineRegistry
+from helixflow.store.runtime import Store
 
 
 def get_settings(request: Request) -> Settings:
@@ -26,3 +27,7 @@ def get_chat_service(request: Request) -> ChatService:
 
 def get_completion_service(request: Request) -> CompletionService:
     return cast(CompletionService, request.app.state.completion_service)
+
+
+def get_store(request: Request) -> Store:
+    return cast(Store, request.app.state.store)

@@ -41,10 +41,12 @@ async def _helixflow_error(request: Request, exc: HelixFlowError) -> JSONRespons
 # Pydantic names the member of a union in an error's location ("str", "list[int]", a model's
 # class name); these are not part of the request's field path.
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none"})
+_SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
 
 
 def _param(loc: tuple[Any, ...]) -> str | None:
-    parts = [p for p in loc if p != "body"]
+    # The first element names where the value came from, not part of its name.
+    parts = list(loc[1:]) if loc and loc[0] in _SOURCES else list(loc)
     out = ""
     for part in parts:
         if isinstance(part, int):

@@ -7,11 +7,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from helixflow import __version__
-from helixflow.api.deps import get_engines
+from helixflow.api.deps import get_engines, get_store
 from helixflow.engine.registry import EngineRegistry
+from helixflow.store.runtime import Store
 
 router = APIRouter(tags=["health"])
 
@@ -31,9 +32,34 @@ class ModelReadiness(BaseModel):
     kv_cells_total: int = 0
 
 
+class TelemetryReadiness(BaseModel):
+    state: Literal["ok", "degraded", "stopped", "disabled"]
+    reason: str | None = None
+    queued_events: int = 0
+    spool_bytes: int = 0
+    lag_s: float = 0.0
+    written_total: int = 0
+    spooled_total: int = 0
+    replayed_total: int = 0
+
+
+class DatabaseReadiness(BaseModel):
+    dialect: str
+    schema_revision: str | None
+    pool_size: int
+    pool_checked_out: int
+    pool_overflow: int
+
+
 class Readiness(BaseModel):
-    status: Literal["ready", "loading"]
+    status: Literal["ready", "loading", "degraded"] = Field(
+        description="`degraded`: serving, but something is wrong (see `reason`), e.g. the "
+        "database is unreachable and request records are spooled to disk."
+    )
+    reason: str | None = None
     models: list[ModelReadiness]
+    database: DatabaseReadiness | None = None
+    telemetry: TelemetryReadiness | None = None
 
 
 @router.get("/health", response_model=Health, summary="Liveness")
@@ -48,7 +74,10 @@ async def health(request: Request) -> Health:
     summary="Readiness: every model loaded",
     responses={503: {"model": Readiness, "description": "Still loading"}},
 )
-async def ready(engines: Annotated[EngineRegistry, Depends(get_engines)]) -> JSONResponse:
+async def ready(
+    engines: Annotated[EngineRegistry, Depends(get_engines)],
+    store: Annotated[Store, Depends(get_store)],
+) -> JSONResponse:
     models = []
     for engine in engines:
         if engine.ready:
@@ -65,6 +94,39 @@ async def ready(engines: Annotated[EngineRegistry, Depends(get_engines)]) -> JSO
             )
         else:
             models.append(ModelReadiness(id=engine.config.id, loaded=False))
-    status: Literal["ready", "loading"] = "ready" if engines.ready else "loading"
-    body = Readiness(status=status, models=models)
+    telemetry = _telemetry(store)
+    status: Literal["ready", "loading", "degraded"] = "ready" if engines.ready else "loading"
+    reason = None
+    if engines.ready and telemetry.state == "degraded":
+        status, reason = "degraded", telemetry.reason
+    pool = store.database.pool_stats()
+    body = Readiness(
+        status=status,
+        reason=reason,
+        models=models,
+        database=DatabaseReadiness(
+            dialect=store.database.dialect,
+            schema_revision=store.schema.current,
+            pool_size=pool.size,
+            pool_checked_out=pool.checked_out,
+            pool_overflow=pool.overflow,
+        ),
+        telemetry=telemetry,
+    )
     return JSONResponse(body.model_dump(), status_code=200 if engines.ready else 503)
+
+
+def _telemetry(store: Store) -> TelemetryReadiness:
+    health = store.telemetry_health()
+    if health is None:
+        return TelemetryReadiness(state="disabled")
+    return TelemetryReadiness(
+        state=health.state,
+        reason=health.reason,
+        queued_events=health.queued,
+        spool_bytes=health.spool_bytes,
+        lag_s=round(health.lag_s, 3),
+        written_total=health.written_total,
+        spooled_total=health.spooled_total,
+        replayed_total=health.replayed_total,
+    )

@@ -97,7 +97,12 @@ def _content_length(scope: Scope) -> int | None:
 
 
 class RequestIdMiddleware:
-    """Give every request an id (or keep the caller's ``X-Request-Id``) and echo it back."""
+    """Give every request a new server-side id and send it back in ``X-Request-Id``.
+
+    The id is always generated here, never taken from the caller, because it keys the
+    request's telemetry row: a caller reusing an id must not make two requests one. A
+    caller's own id (``X-Client-Request-Id`` or ``X-Request-Id``) is recorded beside it.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -106,13 +111,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = (
-            next(
-                (v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-request-id"),
-                None,
-            )
-            or uuid.uuid4().hex
-        )
+        request_id = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         encoded = request_id.encode("latin-1")
 

@@ -298,7 +298,9 @@ def test_disconnect_frees_the_slot(base_url: str, http: httpx.Client, model: str
     ):
         assert response.status_code == 200
         lines = 0
-        for line in response.iter_lines():
+        # Hold the iterator: a dropped one is closed, and closing it closes the response.
+        events = response.iter_lines()
+        for line in events:
             if line.startswith("data:"):
                 lines += 1
             if lines >= 5:

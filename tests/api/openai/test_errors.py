@@ -502,7 +502,7 @@ def test_small_chunked_body_is_served(base_url: str) -> None:
 def test_queue_full_is_429_with_retry_after(base_url: str, http: httpx.Client) -> None:
     long_body = chat(
         model=QUEUE_MODEL,
-        max_tokens=500,
+        max_tokens=4000,  # outlasts the test on any CPU; closing the stream ends it
         temperature=0,
         ignore_eos=True,
         stream=True,
@@ -514,7 +514,9 @@ def test_queue_full_is_429_with_retry_after(base_url: str, http: httpx.Client) -
             own.stream("POST", "/v1/chat/completions", json=long_body) as first,
         ):
             assert first.status_code == 200
-            for line in first.iter_lines():
+            # Hold the iterator: a dropped one is closed, and closing it closes the response.
+            events = first.iter_lines()
+            for line in events:
                 if line.startswith("data:") and '"content":""' not in line:
                     break  # the first generated token: the only slot is taken
             blocked = [

@@ -12,6 +12,7 @@ from helixflow.api.openai.protocol import ChatCompletion, ChatCompletionChunk, C
 from helixflow.api.openai.responses import ERROR_RESPONSES, json_response
 from helixflow.api.openai.serving_chat import ChatService
 from helixflow.api.streaming import sse_response, until_disconnected
+from helixflow.api.telemetry import request_record
 
 router = APIRouter()
 
@@ -35,7 +36,17 @@ async def create_chat_completion(
     request: Request,
     service: Annotated[ChatService, Depends(get_chat_service)],
 ) -> Response:
+    record = request_record(request, body)
     prepared = service.prepare(body)
+    deltas = service.open(prepared)
+    if record is not None:
+        record.serving(
+            served_model=prepared.engine.info.model_id, prompt_tokens=prepared.prompt_tokens
+        )
+        deltas = record.watch(deltas)
     if body.stream:
-        return sse_response(service.stream(prepared, service.open(prepared)))
-    return json_response(await until_disconnected(request, service.complete(prepared)))
+        return sse_response(service.stream(prepared, deltas))
+    try:
+        return json_response(await until_disconnected(request, service.complete(prepared, deltas)))
+    finally:
+        deltas.cancel()

@@ -12,6 +12,7 @@ from helixflow.api.openai.protocol import Completion, CompletionRequest
 from helixflow.api.openai.responses import ERROR_RESPONSES, json_response
 from helixflow.api.openai.serving_completions import CompletionService
 from helixflow.api.streaming import sse_response, until_disconnected
+from helixflow.api.telemetry import request_record
 
 router = APIRouter()
 
@@ -33,7 +34,18 @@ async def create_completion(
     request: Request,
     service: Annotated[CompletionService, Depends(get_completion_service)],
 ) -> Response:
+    record = request_record(request, body)
     prepared = service.prepare(body)
+    opened = service.open(prepared)
+    if record is not None:
+        record.serving(
+            served_model=prepared.engine.info.model_id, prompt_tokens=prepared.prompt_tokens
+        )
+        opened = [record.watch(stream) for stream in opened]
     if body.stream:
-        return sse_response(service.stream(prepared, service.open(prepared)))
-    return json_response(await until_disconnected(request, service.complete(prepared)))
+        return sse_response(service.stream(prepared, opened))
+    try:
+        return json_response(await until_disconnected(request, service.complete(prepared, opened)))
+    finally:
+        for stream in opened:
+            stream.cancel()

@@ -108,13 +108,12 @@ class ChatService:
         """Submit the request now, so a full queue is a 429 before any byte is sent."""
         return prepared.engine.generate(prepared.generation)
 
-    async def complete(self, prepared: PreparedChat) -> ChatCompletion:
+    async def complete(self, prepared: PreparedChat, stream: GenerationStream) -> ChatCompletion:
         n = prepared.request.n
         texts = [""] * n
         finish: list[str | None] = [None] * n
         token_logprobs: list[list[Any]] = [[] for _ in range(n)]
         counter = UsageCounter(prepared.prompt_tokens)
-        stream = self.open(prepared)
         try:
             async for delta in stream:
                 texts[delta.index] += delta.text

@@ -127,11 +127,12 @@ class CompletionService:
             raise
         return streams
 
-    async def complete(self, prepared: PreparedCompletion) -> Completion:
+    async def complete(
+        self, prepared: PreparedCompletion, opened: list[GenerationStream]
+    ) -> Completion:
         n_choices = len(prepared.generations) * prepared.request.n
         choices = [_Choice() for _ in range(n_choices)]
         counter = UsageCounter(prepared.prompt_tokens)
-        opened = self.open(prepared)
         try:
             async for prompt_index, delta in merge(_tagged(opened)):
                 choice = choices[prepared.choice_index(prompt_index, delta)]
