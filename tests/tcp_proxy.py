@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 
 class TcpProxy:
@@ -69,3 +70,34 @@ class TcpProxy:
 
     async def close(self) -> None:
         await self.cut()
+
+
+class ThreadedTcpProxy:
+    """A ``TcpProxy`` on its own event loop thread, for tests that are not async."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        import threading
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.proxy = TcpProxy(target_host, target_port)
+        self._call(self.proxy.start())
+
+    def _call(self, coro: Any) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    @property
+    def port(self) -> int:
+        return self.proxy.port
+
+    def cut(self) -> None:
+        self._call(self.proxy.cut())
+
+    def restore(self) -> None:
+        self._call(self.proxy.restore())
+
+    def close(self) -> None:
+        self._call(self.proxy.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)

@@ -157,3 +157,20 @@ def test_embedded_sqlite_records_requests(sqlite_server: ServerProcess) -> None:
     (row,) = wait_rows(sqlite_server.database_url, request_id=reply.headers["x-request-id"])
     assert row["status"] == "success"
     assert row["completion_tokens"] == reply.parse().usage.completion_tokens  # type: ignore[union-attr]
+
+
+def test_recorded_requests_show_in_analytics(server: ServerProcess, http: httpx.Client) -> None:
+    body = {"model": "gemma3-270m", "messages": MESSAGES, "max_tokens": 3}
+    ids = [http.post(CHAT, json=body).headers["x-request-id"] for _ in range(3)]
+    wait_rows(server.database_url, request_id=ids[-1])
+    wait_rows(server.database_url, request_id=ids[0])
+    models = http.get("/api/v1/analytics/models", params={"window": "1h"}).json()["data"]
+    gemma = next(m for m in models if m["served_model"] == "gemma3-270m")
+    rows = fetch(server.database_url, served_model="gemma3-270m")
+    assert gemma["requests"] == len(rows) >= 3
+    series = http.get("/api/v1/analytics/timeseries", params={"window": "1h", "bucket": "minute"})
+    assert series.status_code == 200
+    assert sum(p["requests"] for p in series.json()["data"]) >= 3
+    bad = http.get("/api/v1/analytics/models", params={"window": "forever"})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "window"

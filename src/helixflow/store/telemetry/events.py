@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import String, Table
 
 from helixflow.store.schema import InferenceRequest, RoutingDecision, table_of, utcnow
+
+
+def as_utc(moment: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken to be UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def _string_limits(table: Table) -> dict[str, int]:
@@ -31,7 +38,8 @@ class TelemetryEvent:
     created_at: datetime = field(default_factory=utcnow)
 
     def row(self) -> dict[str, Any]:
-        """Column values, strings cut to their column's length so that no row is refused."""
+        """Column values: strings cut to their column's length so that no row is refused, the
+        time in UTC (SQLite keeps a timestamp's wall time and drops its offset)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -39,6 +47,7 @@ class TelemetryEvent:
             if limit is not None and isinstance(value, str) and len(value) > limit:
                 value = value[:limit]
             out[f.name] = value
+        out["created_at"] = as_utc(self.created_at)
         return out
 
 
