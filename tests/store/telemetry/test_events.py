@@ -6,17 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from helixflow.store.telemetry.events import InferenceEvent, RoutingEvent, event_from_record
-
-
-def event(i: int) -> InferenceEvent:
-    return InferenceEvent(
-        request_id=f"req-{i}",
-        endpoint="chat.completions",
-        status="success",
-        http_status=200,
-        latency_ms=1.0,
-    )
+from helixflow.store.telemetry.events import RoutingEvent, event_from_record
+from tests.store.factories import inference_event as event
 
 
 def test_event_rows_are_in_utc() -> None:

@@ -4,20 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helixflow.store.telemetry.events import InferenceEvent, RoutingEvent, TelemetryEvent
+from helixflow.store.telemetry.events import RoutingEvent, TelemetryEvent
 from helixflow.store.telemetry.spool import Spool
-
-
-def event(i: int) -> InferenceEvent:
-    return InferenceEvent(
-        request_id=f"req-{i}",
-        endpoint="chat.completions",
-        status="success",
-        http_status=200,
-        latency_ms=12.5 + i,
-        served_model="m",
-        prompt_tokens=i,
-    )
+from tests.store.factories import inference_event as event
 
 
 def read_all(spool: Spool) -> list[TelemetryEvent]:
@@ -43,7 +32,9 @@ def test_segments_rotate_and_are_removed_one_by_one(tmp_path: Path) -> None:
     assert len(paths) > 3
     spool.remove(paths[0])
     remaining = read_all(spool)
-    assert [e.request_id for e in remaining] == [f"req-{i}" for i in range(100)][-len(remaining) :]
+    assert [e.request_id for e in remaining] == [f"req-{i:06d}" for i in range(100)][
+        -len(remaining) :
+    ]
 
 
 def test_a_new_spool_continues_after_the_old_segments(tmp_path: Path) -> None:
@@ -52,7 +43,7 @@ def test_a_new_spool_continues_after_the_old_segments(tmp_path: Path) -> None:
     first.close()
     second = Spool(tmp_path)
     second.append([event(2)])
-    assert [e.request_id for e in read_all(second)] == ["req-1", "req-2"]
+    assert [e.request_id for e in read_all(second)] == ["req-000001", "req-000002"]
 
 
 def test_torn_last_line_is_skipped(tmp_path: Path) -> None:
@@ -61,7 +52,7 @@ def test_torn_last_line_is_skipped(tmp_path: Path) -> None:
     (path,) = spool.segments()
     with path.open("ab") as handle:
         handle.write(b'{"kind": "inference", "data": {"request_id": "half')
-    assert [e.request_id for e in read_all(spool)] == ["req-1", "req-2"]
+    assert [e.request_id for e in read_all(spool)] == ["req-000001", "req-000002"]
 
 
 def test_garbage_line_is_skipped_not_fatal(tmp_path: Path) -> None:
@@ -71,7 +62,7 @@ def test_garbage_line_is_skipped_not_fatal(tmp_path: Path) -> None:
     with path.open("ab") as handle:
         handle.write(b'{"kind": "unknown", "data": {}}\nnot json\n')
     spool.append([event(2)])
-    assert [e.request_id for e in read_all(spool)] == ["req-1", "req-2"]
+    assert [e.request_id for e in read_all(spool)] == ["req-000001", "req-000002"]
 
 
 def test_size_and_empty(tmp_path: Path) -> None:

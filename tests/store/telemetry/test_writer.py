@@ -15,25 +15,14 @@ from helixflow.store.database import Database
 from helixflow.store.migrate import Migrator
 from helixflow.store.repositories.telemetry import TelemetryRepository
 from helixflow.store.schema import metadata
-from helixflow.store.telemetry.events import InferenceEvent, TelemetryEvent
+from helixflow.store.telemetry.events import TelemetryEvent
 from helixflow.store.telemetry.spool import Spool
 from helixflow.store.telemetry.writer import TelemetryWriter
 from helixflow.store.urls import parse_url
+from tests.store.factories import inference_event as event
 from tests.tcp_proxy import TcpProxy
 
 FAST = TelemetryConfig(batch_size=50, flush_interval_ms=20, retry_interval_ms=50)
-
-
-def event(i: int) -> InferenceEvent:
-    return InferenceEvent(
-        request_id=f"req-{i:06d}",
-        endpoint="chat.completions",
-        status="success",
-        http_status=200,
-        latency_ms=10.0,
-        served_model="smollm2-135m",
-        completion_tokens=i % 17,
-    )
 
 
 async def stored_ids(db: Database) -> list[str]:
