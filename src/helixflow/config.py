@@ -197,6 +197,56 @@ class TelemetryConfig(BaseModel):
     )
 
 
+class S3TierConfig(BaseModel):
+    """The object-storage tier of the session KV store (any S3-compatible service)."""
+
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str = Field(default="helixflow/kv/", description="Key prefix for the blobs.")
+    endpoint_url: str | None = Field(
+        default=None, description="For MinIO, Ceph, moto...; default: AWS for the region."
+    )
+    region: str | None = None
+    access_key_id_env: str | None = Field(
+        default=None,
+        description="Environment variable holding the access key id (default: boto3's own "
+        "credential chain).",
+    )
+    secret_access_key_env: str | None = None
+    ttl_s: float = Field(default=30 * 86400, gt=0, description="Blobs unused this long expire.")
+    max_bytes: int = Field(
+        default=64 * 1024**3, ge=0, description="Budget; the least recently used go first."
+    )
+
+
+class KVCacheConfig(BaseModel):
+    """Session KV persistence: a conversation's KV state kept between turns (docs/kvstore.md)."""
+
+    enabled: bool = True
+    session_header: str = Field(
+        default="X-Session-Id", description="Request header naming the conversation."
+    )
+    session_from_user: bool = Field(
+        default=True,
+        description="Without the header, use the body's `user` field as the session key.",
+    )
+    min_tokens: int = Field(
+        default=64, ge=1, description="Shorter conversations are cheaper to recompute than save."
+    )
+    ram_bytes: int = Field(
+        default=512 * 1024**2, ge=0, description="RAM tier budget (LRU); 0 disables the tier."
+    )
+    ram_ttl_s: float = Field(default=3600.0, gt=0)
+    disk_dir: Path | None = Field(
+        default=None, description="Disk tier directory (default: `kv/` in the data directory)."
+    )
+    disk_bytes: int = Field(
+        default=8 * 1024**3, ge=0, description="Disk tier budget (LRU); 0 disables the tier."
+    )
+    disk_ttl_s: float = Field(default=7 * 86400.0, gt=0)
+    zstd_level: int = Field(default=3, ge=1, le=22)
+    s3: S3TierConfig | None = None
+
+
 def default_models() -> list[ModelConfig]:
     return [ModelConfig(id=DEFAULT_MODEL_ID, bundled=DEFAULT_MODEL_ID)]
 
@@ -216,6 +266,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path.home() / ".helixflow", description="State files.")
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    kv_cache: KVCacheConfig = Field(default_factory=KVCacheConfig)
 
     @property
     def database_url(self) -> str:
@@ -225,6 +276,10 @@ class Settings(BaseSettings):
     @property
     def spool_dir(self) -> Path:
         return self.telemetry.spool_dir or self.data_dir / "spool"
+
+    @property
+    def kv_dir(self) -> Path:
+        return self.kv_cache.disk_dir or self.data_dir / "kv"
 
     @field_validator("models")
     @classmethod

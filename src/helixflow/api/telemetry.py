@@ -145,20 +145,16 @@ class _WatchedStream:
         self._inner.cancel()
 
 
-class InferenceBody(Protocol):
-    model: str
-    user: str | None
-    stream: bool
-
-
-def request_record(request: Request, body: InferenceBody) -> RequestRecord | None:
-    """The record of this request (None when telemetry is off), noting what ``body`` asks."""
+def request_record(
+    request: Request, *, model: str, user: str | None, streamed: bool
+) -> RequestRecord | None:
+    """The record of this request (None when telemetry is off), noting what it asks for."""
     record = request.scope.get("state", {}).get(STATE_KEY)
     if not isinstance(record, RequestRecord):
         return None
-    record.requested_model = body.model
-    record.end_user = body.user
-    record.streamed = body.stream
+    record.requested_model = model
+    record.end_user = user
+    record.streamed = streamed
     return record
 
 

@@ -46,6 +46,9 @@ class GenerationRequest:
     n: int = 1
     prompt_logprobs: int | None = None
     """When set, also score every prompt token (needed for legacy ``echo`` + ``logprobs``)."""
+    session_id: str | None = None
+    """A conversation key: the engine may save this request's KV state under it after the
+    reply and restore it for the next turn (see ``engine/kvstore.py``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ async def create_chat_completion(
     request: Request,
     service: Annotated[ChatService, Depends(get_chat_service)],
 ) -> Response:
-    record = request_record(request, body)
+    record = request_record(request, model=body.model, user=body.user, streamed=body.stream)
     prepared = service.prepare(body)
     deltas = service.open(prepared)
     if record is not None:

@@ -34,7 +34,7 @@ async def create_completion(
     request: Request,
     service: Annotated[CompletionService, Depends(get_completion_service)],
 ) -> Response:
-    record = request_record(request, body)
+    record = request_record(request, model=body.model, user=body.user, streamed=body.stream)
     prepared = service.prepare(body)
     opened = service.open(prepared)
     if record is not None:
