@@ -27,7 +27,20 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
     ConnectionError,
 )
-"""What a lost or unreachable database raises through SQLAlchemy and its drivers."""
+"""What a lost or unreachable database raises through SQLAlchemy and its drivers (with, for
+DBAPIError, errors about the data too: see :func:`is_connection_error`)."""
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when ``exc`` says the database is unreachable or the connection was lost; False
+    when the database refused the statement itself (a constraint, a value out of range)."""
+    if isinstance(exc, OSError | TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,13 +144,29 @@ async def test_full_queue_spills_to_disk_instead_of_dropping(
     writer = TelemetryWriter(TelemetryRepository(database), Spool(tmp_path), config)
     for i in range(100):  # the writer is not running yet: the queue fills up
         writer.record(event(i))
-    assert writer.health().queued == 10
-    assert writer.health().spooled_total == 90
+    assert writer.health().queued == 100  # 10 queued, 90 set aside for one spill
     await writer.start()
-    await wait_for(lambda: writer.health().replayed_total == 90)
     await writer.flush()
     await writer.stop()
+    assert writer.health().spooled_total == 90
+    assert writer.health().replayed_total == 90
     assert len(set(await stored_ids(database))) == 100
+
+
+async def test_events_spilled_during_a_replay_are_not_stranded(
+    database: Database, tmp_path: Path
+) -> None:
+    config = FAST.model_copy(update={"queue_size": 5, "batch_size": 10})
+    writer = TelemetryWriter(TelemetryRepository(database), Spool(tmp_path), config)
+    await writer.start()
+    for i in range(2000):  # far more than the queue holds: most of it goes through the spool
+        writer.record(event(i))
+        if i % 97 == 0:
+            await asyncio.sleep(0)
+    await writer.flush()
+    assert len(set(await stored_ids(database))) == 2000
+    assert writer.health().spool_bytes == 0
+    await writer.stop()
 
 
 async def test_a_row_refused_for_its_content_is_set_aside(
@@ -174,6 +190,25 @@ async def test_a_row_refused_for_its_content_is_set_aside(
     assert len(await stored_ids(database)) == 19
     assert writer.health().rejected_total == 1
     assert "req-000007" in (tmp_path / "rejected.jsonl").read_text()
+
+
+async def test_a_value_the_database_refuses_is_not_an_outage(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    db = Database(postgres_url)
+    await Migrator(db).upgrade()
+    writer = TelemetryWriter(TelemetryRepository(db), Spool(tmp_path), FAST)
+    await writer.start()
+    for i in range(30):
+        # http_status is a SMALLINT: 70000 is out of range on PostgreSQL.
+        writer.record(event(i, http_status=70000 if i == 12 else 200))
+    await writer.flush()
+    health = writer.health()
+    await writer.stop()
+    assert health.state == "ok"
+    assert health.rejected_total == 1
+    assert len(await stored_ids(db)) == 29
+    await db.dispose()
 
 
 @pytest.fixture

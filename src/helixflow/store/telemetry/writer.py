@@ -12,6 +12,7 @@ database refuses for its content (not its availability) is set aside in ``reject
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -22,7 +23,7 @@ from typing import Literal, Protocol
 import orjson
 
 from helixflow.config import TelemetryConfig
-from helixflow.store.database import CONNECTION_ERRORS
+from helixflow.store.database import is_connection_error
 from helixflow.store.telemetry.events import TelemetryEvent
 from helixflow.store.telemetry.spool import Spool
 
@@ -55,13 +56,15 @@ class TelemetryWriter:
         self._sink = sink
         self._spool = spool
         self._config = config
-        self._queue: asyncio.Queue[TelemetryEvent] = asyncio.Queue(maxsize=config.queue_size)
+        # A deque and an event rather than asyncio.Queue: record() is on every request's path.
+        self._queue: collections.deque[TelemetryEvent] = collections.deque()
+        self._overflow: list[TelemetryEvent] = []
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._degraded_reason: str | None = None
         self._spool_pending = True  # until the first replay finds out
         self._next_retry = 0.0
-        self._oldest_enqueued: float | None = None
         self._accepted = 0
         self._progress = asyncio.Event()
         self._settled = 0
@@ -73,21 +76,29 @@ class TelemetryWriter:
     # --- the request path ------------------------------------------------------------------
 
     def record(self, event: TelemetryEvent) -> None:
-        """Enqueue ``event``; never blocks, never raises for a full queue (it spills to disk)."""
+        """Enqueue ``event``: never blocks, never raises. Past ``queue_size`` events are set
+        aside for the writer task to spill to disk in one write."""
         self._accepted += 1
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self._spill([event])
-            return
-        if self._oldest_enqueued is None:
-            self._oldest_enqueued = time.monotonic()
+        if len(self._queue) < self._config.queue_size:
+            self._queue.append(event)
+        else:
+            self._overflow.append(event)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _spill(self, events: list[TelemetryEvent]) -> None:
         self._spool.append(events)
         self._spool_pending = True
         self.spooled_total += len(events)
-        self._settled += len(events)
+        self._settle(len(events))
+
+    def _spill_overflow(self) -> None:
+        if self._overflow:
+            overflow, self._overflow = self._overflow, []
+            self._spill(overflow)
+
+    def _settle(self, count: int) -> None:
+        self._settled += count
         self._progress.set()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -98,21 +109,27 @@ class TelemetryWriter:
     async def stop(self) -> None:
         """Write what is queued (to the database, or to the spool if it is down), then stop."""
         self._stopping = True
+        self._wake.set()
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, timeout=WRITE_TIMEOUT_S + 5)
             except TimeoutError:
                 log.warning("telemetry writer did not finish in time; spooling what is left")
             self._task = None
-        leftover = self._drain_queue(self._queue.qsize())
+        leftover = self._drain_queue(len(self._queue))
         if leftover:
             self._spill(leftover)
+        self._spill_overflow()
         self._spool.close()
 
     async def flush(self) -> None:
-        """Wait until every event recorded so far has been written or spooled."""
+        """Wait until every event recorded so far is in the database, or on disk while the
+        database is unreachable."""
         target = self._accepted
-        while self._settled < target and self._task is not None and not self._task.done():
+        while self._task is not None and not self._task.done():
+            settled = self._settled >= target
+            if settled and (not self._spool_pending or self._degraded_reason is not None):
+                return
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), timeout=0.1)
@@ -121,23 +138,24 @@ class TelemetryWriter:
         state: Literal["ok", "degraded", "stopped"] = (
             "stopped" if self._task is None else "degraded" if self._degraded_reason else "ok"
         )
-        oldest = self._oldest_enqueued
+        lag = time.time() - self._queue[0].created_at.timestamp() if self._queue else 0.0
         return WriterHealth(
             state=state,
             reason=self._degraded_reason,
-            queued=self._queue.qsize(),
+            queued=len(self._queue) + len(self._overflow),
             spool_bytes=self._spool.size_bytes,
             written_total=self.written_total,
             spooled_total=self.spooled_total,
             replayed_total=self.replayed_total,
             rejected_total=self.rejected_total,
-            lag_s=0.0 if oldest is None else time.monotonic() - oldest,
+            lag_s=max(lag, 0.0),
         )
 
     # --- the background task ---------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
+            self._spill_overflow()
             if self._spool_pending and time.monotonic() >= self._next_retry:
                 await self._replay()
             batch = await self._next_batch()
@@ -149,15 +167,15 @@ class TelemetryWriter:
     async def _next_batch(self) -> list[TelemetryEvent]:
         """Up to ``batch_size`` events: waits for the first, then at most flush_interval."""
         interval = self._config.flush_interval_ms / 1000
-        batch: list[TelemetryEvent] = []
-        if self._queue.empty():
+        if not self._queue:
             if self._stopping:
-                return batch
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), timeout=interval))
-            except TimeoutError:
-                return batch
-        return await self._fill(batch, time.monotonic() + interval)
+                return []
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            if not self._queue:
+                return []
+        return await self._fill([], time.monotonic() + interval)
 
     async def _fill(self, batch: list[TelemetryEvent], deadline: float) -> list[TelemetryEvent]:
         size = self._config.batch_size
@@ -169,15 +187,9 @@ class TelemetryWriter:
             await asyncio.sleep(min(0.005, deadline - now))
 
     def _drain_queue(self, limit: int) -> list[TelemetryEvent]:
-        out: list[TelemetryEvent] = []
-        while len(out) < limit:
-            try:
-                out.append(self._queue.get_nowait())
-            except asyncio.QueueEmpty:
-                break
-        if self._queue.empty():
-            self._oldest_enqueued = None
-        return out
+        queue = self._queue
+        count = min(limit, len(queue))
+        return [queue.popleft() for _ in range(count)]
 
     async def _write(self, batch: list[TelemetryEvent]) -> None:
         if self._degraded_reason is not None or self._spool_pending:
@@ -185,20 +197,23 @@ class TelemetryWriter:
             return
         try:
             await self._insert(batch)
-            self.written_total += len(batch)
-            self._settled += len(batch)
-            self._progress.set()
-        except CONNECTION_ERRORS as exc:
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
             self._degrade(exc)
             self._spill(batch)
+            return
+        self.written_total += len(batch)
+        self._settle(len(batch))
 
     async def _insert(self, batch: Sequence[TelemetryEvent]) -> None:
         """Insert, setting aside rows the database refuses for their content."""
         try:
             await asyncio.wait_for(self._sink.insert(batch), timeout=WRITE_TIMEOUT_S)
-        except CONNECTION_ERRORS:
-            raise
-        except Exception as exc:  # a bad row: find it, keep the others
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise
+            # A row refused for its content: find it by halving the batch, keep the others.
             if len(batch) == 1:
                 self._reject(batch[0], exc)
                 return
@@ -231,17 +246,22 @@ class TelemetryWriter:
         self._next_retry = time.monotonic() + self._config.retry_interval_ms / 1000
 
     async def _replay(self) -> None:
-        """Write the spool to the database, oldest first; stop at the first connection error."""
+        """Write the spool to the database, oldest first, until it is empty (events spilled
+        meanwhile included); stop at the first connection error."""
         replayed = 0
         try:
-            for path in self._spool.segments():
-                for batch in self._spool.read(path, self._config.batch_size):
-                    await self._insert(batch)
-                    replayed += len(batch)
-                self._spool.remove(path)
-        except CONNECTION_ERRORS as exc:
-            self._degrade(exc)
+            while segments := self._spool.segments():
+                for path in segments:
+                    for batch in self._spool.read(path, self._config.batch_size):
+                        await self._insert(batch)
+                        replayed += len(batch)
+                    self._spool.remove(path)
+                self._spill_overflow()
+        except Exception as exc:
             self.replayed_total += replayed
+            if not is_connection_error(exc):
+                raise
+            self._degrade(exc)
             return
         self.replayed_total += replayed
         self._spool_pending = False
