@@ -83,6 +83,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import delete, func, select, text
 
+from helixflow.api.middleware import time_ordered_id
 from helixflow.config import DatabaseConfig, TelemetryConfig
 from helixflow.store.database import Database
 from helixflow.store.migrate import Migrator
@@ -144,8 +145,8 @@ class EventFactory:
     The rows' contents come from a pool of pre-built templates (so that building an event
     costs about as much as the middleware's ``RequestRecord.event()``, ~2 us); every event gets
     a fresh 32-hex request id and the current time. Request ids are random, like the server's
-    ``uuid4().hex``, or with ``time_ordered`` a millisecond timestamp followed by 80 random
-    bits (UUIDv7-like), which keeps the unique index on request_id appending at its end.
+    ``uuid4().hex``, or with ``time_ordered`` the server's own time-ordered ids
+    (``time_ordered_id()``), which keep the unique index on request_id appending at its end.
     """
 
     def __init__(self, seed: int, *, time_ordered: bool = False) -> None:
@@ -212,10 +213,8 @@ class EventFactory:
 
     def make(self) -> InferenceEvent:
         self.made += 1
-        if self.time_ordered:
-            request_id = f"{time.time_ns() // 1_000_000:012x}{self.rng.getrandbits(80):020x}"
-        else:
-            request_id = f"{self.rng.getrandbits(128):032x}"
+        random_id = f"{self.rng.getrandbits(128):032x}"
+        request_id = time_ordered_id() if self.time_ordered else random_id
         return InferenceEvent(
             request_id=request_id,
             created_at=utcnow(),
@@ -500,7 +499,7 @@ class RunConfig:
     baseline_concurrency: int
     seed: int
     profile: Path | None
-    time_ordered_ids: bool = False
+    time_ordered_ids: bool = True
 
 
 @dataclass(slots=True)
@@ -1287,10 +1286,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add(
         "--request-ids",
         choices=("random", "time-ordered"),
-        default="random",
-        help="random 32-hex ids like the server's uuid4().hex, or time-ordered ones "
-        "(millisecond timestamp + random, UUIDv7-like) that keep the unique index on "
-        "request_id appending at its end (default: random)",
+        default="time-ordered",
+        help="time-ordered ids as the server makes them (nanosecond timestamp + random), "
+        "which keep the unique index on request_id appending at its end, or random 32-hex "
+        "ids (default: time-ordered)",
     )
     add(
         "--profile",
