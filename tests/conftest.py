@@ -20,6 +20,7 @@ import yaml
 CHAT_MODELS = ["smollm2-135m", "gemma3-270m"]
 QUEUE_MODEL = "smollm2-queue"  # one slot and no waiting room: for 429 tests
 SMALL_KV_MODEL = "smollm2-small-kv"  # a tiny shared KV budget: for preemption tests
+EMBEDDING_MODEL = "smollm2-embed"  # /v1/embeddings (mean pooling, Matryoshka sizes)
 
 
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -208,6 +209,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
                 "parallel": 4,
                 "context_size": 256,
                 "prefill_chunk": 16,
+            },
+            {
+                "id": EMBEDDING_MODEL,
+                "bundled": "smollm2-135m",
+                "embedding": True,
+                "parallel": 16,
+                "batch_size": 512,
+                "matryoshka_dims": [64, 128, 256],
             },
         ],
     }

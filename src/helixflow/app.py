@@ -17,9 +17,12 @@ from helixflow.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from helixflow.api.openai.routes import router as openai_router
 from helixflow.api.openai.serving_chat import ChatService
 from helixflow.api.openai.serving_completions import CompletionService
+from helixflow.api.openai.serving_embeddings import EmbeddingService
 from helixflow.api.telemetry import TelemetryMiddleware
 from helixflow.config import Settings
+from helixflow.engine.kvstore import SessionEngine, SessionKVStore
 from helixflow.engine.registry import EngineRegistry
+from helixflow.store.repositories.kv_sessions import KVSessionRepository
 from helixflow.store.runtime import Store
 
 log = logging.getLogger(__name__)
@@ -34,8 +37,20 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.recorder = store
         engines = EngineRegistry(settings.models, retry_after_s=settings.server.retry_after_seconds)
         app.state.engines = engines
+        app.state.kv_store = kv_store = (
+            SessionKVStore(
+                settings.kv_cache, settings.kv_dir, metadata=KVSessionRepository(store.database)
+            )
+            if settings.kv_cache.enabled
+            else None
+        )
+        if kv_store is not None:
+            for engine in engines:
+                if isinstance(engine, SessionEngine):
+                    engine.use_kv_store(kv_store)
         app.state.chat_service = ChatService(engines)
         app.state.completion_service = CompletionService(engines)
+        app.state.embedding_service = EmbeddingService(engines)
         started = time.monotonic()
         try:
             await engines.start()
@@ -43,6 +58,8 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await engines.stop()
+            if kv_store is not None:
+                await kv_store.drain()
             await store.close()
 
     app = FastAPI(

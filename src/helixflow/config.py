@@ -83,6 +83,28 @@ class ModelConfig(BaseModel):
         "whether or not a cached prefix was reused.",
     )
     owned_by: str = "helixflow"
+    embedding: bool = Field(
+        default=False,
+        description="Serve this model on /v1/embeddings instead of chat and completions. "
+        "`parallel` is then the most inputs embedded in one decode and `batch_size` the most "
+        "tokens in one decode, which is also the longest input (a pooled input must fit one "
+        "micro-batch); `context_size`, `prefill_chunk` and the KV options do not apply.",
+    )
+    pooling: Literal["mean", "cls", "last"] | None = Field(
+        default=None,
+        description="How an embedding model pools token states into one vector: their mean, "
+        "the first token's (BERT-style CLS) or the last token's. Default: the pooling the GGUF "
+        "declares, else mean.",
+    )
+    normalize: bool = Field(
+        default=True, description="Scale embedding vectors to unit length (L2)."
+    )
+    matryoshka_dims: list[int] | None = Field(
+        default=None,
+        description="For embedding models trained to be truncated (Matryoshka): the sizes a "
+        "request may ask for with `dimensions`; the vector is cut to that size and scaled "
+        "back to unit length. Unset: `dimensions` other than the model's own size is refused.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -93,6 +115,34 @@ class ModelConfig(BaseModel):
                 f"model {self.id!r}: context_size / parallel must leave at least "
                 "64 tokens per sequence"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _embedding_options(self) -> ModelConfig:
+        if not self.embedding:
+            # Compared with the defaults, not model_fields_set: load_settings round-trips dumps.
+            given = [
+                name
+                for name, is_set in (
+                    ("pooling", self.pooling is not None),
+                    ("normalize", not self.normalize),
+                    ("matryoshka_dims", self.matryoshka_dims is not None),
+                )
+                if is_set
+            ]
+            if given:
+                raise ValueError(
+                    f"model {self.id!r}: {', '.join(given)} apply only to embedding models "
+                    "(set `embedding: true`)"
+                )
+            return self
+        if self.matryoshka_dims is not None:
+            dims = self.matryoshka_dims
+            if not dims or min(dims) < 1 or len(set(dims)) != len(dims):
+                raise ValueError(
+                    f"model {self.id!r}: matryoshka_dims must be distinct positive sizes"
+                )
+            self.matryoshka_dims = sorted(dims)
         return self
 
     @property

@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 
 from helixflow import __version__
-from tests.conftest import CHAT_MODELS, QUEUE_MODEL, SMALL_KV_MODEL
+from tests.conftest import CHAT_MODELS, EMBEDDING_MODEL, QUEUE_MODEL, SMALL_KV_MODEL
 
-CONFIGURED = [*CHAT_MODELS, QUEUE_MODEL, SMALL_KV_MODEL]
+CONFIGURED = [*CHAT_MODELS, QUEUE_MODEL, SMALL_KV_MODEL, EMBEDDING_MODEL]
 
 
 def test_health(http: httpx.Client) -> None:

@@ -21,8 +21,9 @@ CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 
 
-def fetch(url: str, **where: Any) -> list[dict[str, Any]]:
-    table = metadata.tables["inference_requests"]
+def fetch(url: str, table_name: str = "inference_requests", **where: Any) -> list[dict[str, Any]]:
+    """Rows of a table of the database at ``url`` (matching ``where``)."""
+    table = metadata.tables[table_name]
 
     async def query() -> list[dict[str, Any]]:
         db = Database(url)

@@ -26,6 +26,7 @@ TABLES = {
     "agent_connections",
     "agent_model_assignments",
     "audit_log",
+    "kv_sessions",
 }
 
 
@@ -46,7 +47,9 @@ async def test_upgrade_and_downgrade(database_url: str) -> None:
     assert status.current == status.head
     await migrator.downgrade("base")
     assert await _tables(db) == set()
-    assert (await migrator.status()).pending == [status.head]
+    pending = (await migrator.status()).pending
+    assert pending[0] == "0001"
+    assert pending[-1] == status.head
     await migrator.upgrade()  # and up again: downgrade left nothing behind
     assert await _tables(db) == TABLES
     await db.dispose()

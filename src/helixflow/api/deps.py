@@ -8,6 +8,7 @@ from fastapi import Request
 
 from helixflow.api.openai.serving_chat import ChatService
 from helixflow.api.openai.serving_completions import CompletionService
+from helixflow.api.openai.serving_embeddings import EmbeddingService
 from helixflow.config import Settings
 from helixflow.engine.registry import EngineRegistry
 from helixflow.store.runtime import Store
@@ -27,6 +28,10 @@ def get_chat_service(request: Request) -> ChatService:
 
 def get_completion_service(request: Request) -> CompletionService:
     return cast(CompletionService, request.app.state.completion_service)
+
+
+def get_embedding_service(request: Request) -> EmbeddingService:
+    return cast(EmbeddingService, request.app.state.embedding_service)
 
 
 def get_store(request: Request) -> Store:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from helixflow import __version__
 from helixflow.api.deps import get_engines, get_store
+from helixflow.engine.kvstore import SessionKVStore
 from helixflow.engine.registry import EngineRegistry
 from helixflow.store.runtime import Store
 
@@ -30,6 +31,12 @@ class ModelReadiness(BaseModel):
     queued_requests: int = 0
     kv_cells_used: int = 0
     kv_cells_total: int = 0
+    kv_restores: int = Field(
+        default=0, description="Prompts that started from a saved session state."
+    )
+    kv_restore_failures: int = Field(
+        default=0, description="Saved states llama.cpp refused (the prompt was computed)."
+    )
 
 
 class TelemetryReadiness(BaseModel):
@@ -51,6 +58,17 @@ class DatabaseReadiness(BaseModel):
     pool_overflow: int
 
 
+class KVCacheReadiness(BaseModel):
+    hits: dict[str, int] = Field(description="Restores per tier: ram, disk, s3.")
+    misses: int
+    saves: int
+    corrupt: int = Field(description="Blobs discarded for a failed checksum.")
+    stale: int = Field(description="Blobs discarded because another model build made them.")
+    demoted: int
+    errors: int
+    bytes: dict[str, int] = Field(description="Bytes held per tier.")
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "loading", "degraded"] = Field(
         description="`degraded`: serving, but something is wrong (see `reason`), e.g. the "
@@ -60,6 +78,7 @@ class Readiness(BaseModel):
     models: list[ModelReadiness]
     database: DatabaseReadiness | None = None
     telemetry: TelemetryReadiness | None = None
+    kv_cache: KVCacheReadiness | None = None
 
 
 @router.get("/health", response_model=Health, summary="Liveness")
@@ -75,6 +94,7 @@ async def health(request: Request) -> Health:
     responses={503: {"model": Readiness, "description": "Still loading"}},
 )
 async def ready(
+    request: Request,
     engines: Annotated[EngineRegistry, Depends(get_engines)],
     store: Annotated[Store, Depends(get_store)],
 ) -> JSONResponse:
@@ -90,6 +110,8 @@ async def ready(
                     queued_requests=s.queued_requests,
                     kv_cells_used=s.kv_cells_used,
                     kv_cells_total=s.kv_cells_total,
+                    kv_restores=s.kv_restores,
+                    kv_restore_failures=s.kv_restore_failures,
                 )
             )
         else:
@@ -112,8 +134,16 @@ async def ready(
             pool_overflow=pool.overflow,
         ),
         telemetry=telemetry,
+        kv_cache=_kv_cache(request),
     )
     return JSONResponse(body.model_dump(), status_code=200 if engines.ready else 503)
+
+
+def _kv_cache(request: Request) -> KVCacheReadiness | None:
+    kv_store: SessionKVStore | None = getattr(request.app.state, "kv_store", None)
+    if kv_store is None:
+        return None
+    return KVCacheReadiness.model_validate(kv_store.stats().as_dict())
 
 
 def _telemetry(store: Store) -> TelemetryReadiness:

@@ -32,6 +32,11 @@ class SamplingParams:
     logprobs: int | None = None
     """None: no logprobs. 0..20: the sampled token's logprob plus this many alternatives."""
     ignore_eos: bool = False
+    grammar: str | None = None
+    """GBNF text (llama.cpp's grammar language). Every sampled token keeps the output a prefix
+    of a match of ``grammar_root``; once the match is complete only end-of-generation can
+    follow, so generation stops there (even with ``ignore_eos``)."""
+    grammar_root: str = "root"
 
     @property
     def greedy(self) -> bool:
@@ -49,6 +54,18 @@ class GenerationRequest:
     session_id: str | None = None
     """A conversation key: the engine may save this request's KV state under it after the
     reply and restore it for the next turn (see ``engine/kvstore.py``)."""
+    restore: KVRestore | None = None
+    """Saved KV state of an earlier turn, to load instead of recomputing its prefix."""
+
+
+@dataclass(frozen=True, slots=True)
+class KVRestore:
+    """A sequence's saved KV state: the tokens it holds and the backend's opaque bytes."""
+
+    tokens: tuple[int, ...]
+    state: bytes
+    tier: str
+    """Where it was found: ``ram``, ``disk`` or ``s3``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +126,10 @@ class EngineStats:
     prompt_tokens_reused: int
     sequence_moves: int = 0
     """Sequences moved to a lower slot to keep busy slots consecutive."""
+    kv_restores: int = 0
+    """Prompts that started from a saved session state."""
+    kv_restored_tokens: int = 0
+    kv_restore_failures: int = 0
 
 
 class GenerationStream(Protocol):

@@ -128,3 +128,25 @@ class ChatTemplate:
                 param="messages",
                 code="invalid_messages",
             ) from exc
+
+
+_PROBE_FUNCTION = "helixflow_probe_function"
+
+
+def renders_tools(source: str) -> bool:
+    """Whether a template writes the ``tools`` it is given into the prompt. Many small models'
+    templates ignore them; the API layer then describes the tools in a system message."""
+    probe = {
+        "type": "function",
+        "function": {
+            "name": _PROBE_FUNCTION,
+            "description": "Probe.",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    }
+    try:
+        template = ChatTemplate(source, bos_token="", eos_token="")
+        text = template.render([{"role": "user", "content": "Hello"}], tools=[probe])
+    except Exception:  # a template may fail in any way on input it was not written for
+        return False
+    return _PROBE_FUNCTION in text

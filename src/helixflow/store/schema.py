@@ -245,6 +245,33 @@ class AgentModelAssignment(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
+# --- session KV cache ------------------------------------------------------------------------
+
+
+class KVSession(TimestampMixin, Base):
+    """A conversation's saved KV state (the blob itself is in the KV store's tiers)."""
+
+    __tablename__ = "kv_sessions"
+    __table_args__ = (
+        UniqueConstraint("session_hash", "model"),
+        Index(None, "last_used_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, Identity(), primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of (model, session key): the key itself may be a user's name."""
+    model: Mapped[str] = mapped_column(String(256))
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    n_tokens: Mapped[int] = mapped_column(Integer)
+    tier: Mapped[str] = mapped_column(String(8))
+    checksum_sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    hits: Mapped[int] = mapped_column(Integer, default=0)
+    last_used_at: Mapped[datetime] = mapped_column(
+        Timestamp, default=utcnow, server_default=func.current_timestamp()
+    )
+
+
 # --- audit -----------------------------------------------------------------------------------
 
 

@@ -139,6 +139,22 @@ def _without(key: str) -> dict[str, Any]:
     return body
 
 
+def tool(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+def json_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+
+
+TOOLS = [
+    tool(
+        "get_weather",
+        {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    )
+]
+
+
 CHAT_CASES = [
     Bad("missing-model", _without("model"), "model", ("model",), "missing"),
     Bad("missing-messages", _without("messages"), "messages", ("messages",), "missing"),
@@ -240,19 +256,136 @@ CHAT_CASES = [
         ("image_url",),
         "unsupported_content",
     ),
+    Bad("response-format-xml", chat(response_format={"type": "xml"}), "response_format.type"),
     Bad(
-        "response-format-json-object",
-        chat(response_format={"type": "json_object"}),
-        "response_format",
-        ("json_object",),
-        "unsupported_response_format",
+        "json-schema-missing",
+        chat(response_format={"type": "json_schema"}),
+        "response_format.json_schema",
+        ("json_schema",),
     ),
     Bad(
-        "tool-choice-required",
+        "json-schema-without-name",
+        chat(response_format={"type": "json_schema", "json_schema": {"schema": {}}}),
+        "response_format.json_schema.name",
+        ("name",),
+        "missing",
+    ),
+    Bad(
+        "json-schema-invalid",
+        chat(response_format=json_schema({"type": "object", "properties": {"a": {"type": 5}}})),
+        "response_format.json_schema.schema",
+        ("schema", "/properties/a/type"),
+        "invalid_schema",
+    ),
+    Bad(
+        "json-schema-pattern",
+        chat(response_format=json_schema({"type": "string", "pattern": "^[a-z]+$"})),
+        "response_format.json_schema.schema",
+        ("pattern",),
+        "unsupported_schema_feature",
+    ),
+    Bad(
+        "json-schema-multiple-of-nested",
+        chat(
+            response_format=json_schema(
+                {"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 2}}}
+            )
+        ),
+        "response_format.json_schema.schema",
+        ("multipleOf", "/properties/n"),
+        "unsupported_schema_feature",
+    ),
+    Bad(
+        "tool-choice-required-without-tools",
         chat(tool_choice="required"),
         "tool_choice",
-        ("tool_choice",),
-        "unsupported_tool_choice",
+        ("tool_choice", "tools"),
+    ),
+    Bad("tool-choice-unknown-value", chat(tools=TOOLS, tool_choice="sometimes"), "tool_choice"),
+    Bad(
+        "tool-choice-unknown-function",
+        chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "launch"}}),
+        "tool_choice",
+        ("launch", "get_weather"),
+        "unknown_function",
+    ),
+    Bad(
+        "tool-parameters-invalid-schema",
+        chat(tools=[tool("f", {"type": "object", "required": "city"})]),
+        "tools[0].function.parameters",
+        ("tools[0].function.parameters",),
+        "invalid_schema",
+    ),
+    Bad(
+        "tool-parameters-unsupported-when-forced",
+        chat(
+            tools=[*TOOLS, tool("g", {"type": "object", "not": {"required": ["x"]}})],
+            tool_choice="required",
+        ),
+        "tools[1].function.parameters",
+        ("`not`",),
+        "unsupported_schema_feature",
+    ),
+    Bad(
+        "tool-function-name-with-spaces",
+        chat(tools=[tool("get weather", {"type": "object"})]),
+        "tools[0].function.name",
+        ("name",),
+    ),
+    Bad(
+        "duplicate-function-names",
+        chat(tools=[*TOOLS, *TOOLS]),
+        "tools[1].function.name",
+        ("get_weather",),
+        "duplicate_function_name",
+    ),
+    Bad(
+        "tools-and-functions",
+        chat(tools=TOOLS, functions=[TOOLS[0]["function"]]),
+        "functions",
+        ("functions", "tools"),
+    ),
+    Bad(
+        "function-call-unknown-function",
+        chat(functions=[TOOLS[0]["function"]], function_call={"name": "launch"}),
+        "function_call",
+        ("launch",),
+        "unknown_function",
+    ),
+    Bad(
+        "tool-message-without-id",
+        chat(messages=[{"role": "tool", "content": "42"}]),
+        "messages[0].tool_call_id",
+        ("tool_call_id",),
+    ),
+    Bad(
+        "tool-message-answering-no-call",
+        chat(
+            messages=[
+                {"role": "user", "content": "Weather?"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": "{}"},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+                {"role": "tool", "tool_call_id": "call_2", "content": "rain"},
+            ]
+        ),
+        "messages[3].tool_call_id",
+        ("call_2",),
+        "unknown_tool_call_id",
+    ),
+    Bad(
+        "function-message-without-name",
+        chat(messages=[{"role": "function", "content": "42"}]),
+        "messages[0].name",
+        ("name",),
     ),
     Bad("n-above-parallel-slots", chat(model=QUEUE_MODEL, n=2), "n", ("n=2", "1"), "n_too_large"),
 ]
@@ -381,6 +514,18 @@ STREAM_CASES = [
     ("/v1/chat/completions", chat(model="nope"), 404, "model"),
     ("/v1/chat/completions", chat(model=QUEUE_MODEL, n=2), 400, "n"),
     ("/v1/chat/completions", chat(logit_bias={"99999999": 1}), 400, "logit_bias"),
+    (
+        "/v1/chat/completions",
+        chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "nope"}}),
+        400,
+        "tool_choice",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(response_format=json_schema({"type": "string", "pattern": "a"})),
+        400,
+        "response_format.json_schema.schema",
+    ),
     ("/v1/chat/completions", chat(model=SMALL_KV_MODEL, max_tokens=100_000), 400, "max_tokens"),
     (
         "/v1/chat/completions",

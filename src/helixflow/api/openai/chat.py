@@ -7,10 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from helixflow.api.deps import get_chat_service
+from helixflow.api.deps import get_chat_service, get_settings
 from helixflow.api.openai.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from helixflow.api.openai.responses import ERROR_RESPONSES, json_response
 from helixflow.api.openai.serving_chat import ChatService
+from helixflow.api.openai.sessions import attach_session
 from helixflow.api.streaming import sse_response, until_disconnected
 from helixflow.api.telemetry import request_record
 
@@ -38,6 +39,10 @@ async def create_chat_completion(
 ) -> Response:
     record = request_record(request, model=body.model, user=body.user, streamed=body.stream)
     prepared = service.prepare(body)
+    settings = get_settings(request)
+    await attach_session(
+        request, settings.kv_cache, prepared.engine, prepared.generation, body.user
+    )
     deltas = service.open(prepared)
     if record is not None:
         record.serving(

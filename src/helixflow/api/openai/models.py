@@ -8,13 +8,12 @@ from fastapi import APIRouter, Depends
 
 from helixflow.api.deps import get_engines
 from helixflow.api.openai.protocol import ErrorResponse, ModelCard, ModelList
-from helixflow.engine.llamacpp import LlamaCppEngine
-from helixflow.engine.registry import EngineRegistry
+from helixflow.engine.registry import EngineRegistry, ServedModel
 
 router = APIRouter()
 
 
-def _card(engine: LlamaCppEngine) -> ModelCard:
+def _card(engine: ServedModel) -> ModelCard:
     info = engine.info
     return ModelCard(
         id=info.model_id,
@@ -39,4 +38,4 @@ async def list_models(engines: Annotated[EngineRegistry, Depends(get_engines)]) 
 async def get_model(
     model: str, engines: Annotated[EngineRegistry, Depends(get_engines)]
 ) -> ModelCard:
-    return _card(engines.get(model))
+    return _card(engines.lookup(model))

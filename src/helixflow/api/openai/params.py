@@ -50,7 +50,12 @@ def logit_bias_for(engine: Engine, fields: SamplingFields) -> dict[int, float]:
 
 
 def sampling_params(
-    engine: Engine, fields: SamplingFields, *, max_tokens: int, logprobs: int | None
+    engine: Engine,
+    fields: SamplingFields,
+    *,
+    max_tokens: int,
+    logprobs: int | None,
+    grammar: str | None = None,
 ) -> SamplingParams:
     repeat = fields.repeat_penalty or fields.repetition_penalty or 1.0
     return SamplingParams(
@@ -67,4 +72,5 @@ def sampling_params(
         stop=tuple(fields.stops),
         logprobs=logprobs,
         ignore_eos=fields.ignore_eos,
+        grammar=grammar,
     )

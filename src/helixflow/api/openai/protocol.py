@@ -90,13 +90,18 @@ class ChatMessage(_Request):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    function_call: FunctionCall | None = None
+    """Deprecated: an assistant's one function call (now ``tool_calls``)."""
 
     @model_validator(mode="after")
     def _content_required(self) -> ChatMessage:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+        calls = self.tool_calls or self.function_call
+        if self.content is None and not (self.role == "assistant" and calls):
             raise ValueError(f"a {self.role!r} message needs `content`")
         if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("a 'tool' message needs `tool_call_id`")
+            raise invalid("tool_call_id", "a 'tool' message needs `tool_call_id`")
+        if self.role == "function" and not self.name:
+            raise invalid("name", "a 'function' message needs the function's `name`")
         return self
 
 
@@ -112,9 +117,38 @@ class ToolDefinition(_Request):
     function: FunctionDefinition
 
 
+class FunctionName(_Request):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(_Request):
+    """``{"type": "function", "function": {"name": ...}}``: call exactly this function."""
+
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+FunctionCallChoice = Literal["none", "auto"] | FunctionName
+"""The deprecated ``function_call`` request field."""
+
+
+class JsonSchemaFormat(_Request):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(_Request):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_required(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise invalid("json_schema", "`json_schema` is required when `type` is 'json_schema'")
+        return self
 
 
 class SamplingFields(_Request):
@@ -200,13 +234,30 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[ToolDefinition] | None = None
-    tool_choice: Any = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDefinition] | None = None
+    """Deprecated form of ``tools`` (answered with ``function_call``)."""
+    function_call: FunctionCallChoice | None = None
+    """Deprecated form of ``tool_choice``."""
     response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _check_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise invalid("top_logprobs", "`top_logprobs` requires `logprobs` to be true")
+        return self
+
+    @model_validator(mode="after")
+    def _check_tools(self) -> ChatCompletionRequest:
+        if self.tools is not None and self.functions is not None:
+            raise invalid("functions", "send `tools` or the deprecated `functions`, not both")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise invalid("tool_choice", "`tool_choice` requires `tools`")
+        if isinstance(self.function_call, FunctionName) and not self.functions:
+            raise invalid("function_call", "`function_call` requires `functions`")
+        if self.tool_choice is not None and self.function_call is not None:
+            raise invalid("function_call", "send `tool_choice` or `function_call`, not both")
         return self
 
     @property
@@ -264,18 +315,23 @@ class ChatChoiceLogprobs(BaseModel):
     refusal: list[ChatTokenLogprob] | None = None
 
 
+FinishReasonOut = Literal["stop", "length", "tool_calls", "function_call", "content_filter"]
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None
+    """Only in replies to the deprecated ``functions`` field."""
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChatChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None
+    finish_reason: FinishReasonOut | None
 
 
 class PromptTokensDetails(BaseModel):
@@ -303,13 +359,14 @@ class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
     logprobs: ChatChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None = None
+    finish_reason: FinishReasonOut | None = None
 
 
 class ChatCompletionChunk(BaseModel):

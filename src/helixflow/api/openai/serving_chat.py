@@ -1,4 +1,9 @@
-"""Chat completions: messages -> prompt tokens -> engine -> OpenAI reply or SSE chunks."""
+"""Chat completions: messages -> prompt tokens -> engine -> OpenAI reply or SSE chunks.
+
+Tools and structured output (see ``tools.py``, ``structured.py``) shape the prompt and the
+grammar generation follows; with tools on offer, each choice's text goes through the model's
+tool-call parser, so replies carry ``tool_calls`` as OpenAI's do.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ from typing import Any
 from helixflow.api.openai.logprobs import chat_logprobs
 from helixflow.api.openai.params import check_context, sampling_params
 from helixflow.api.openai.protocol import (
-    AssistantMessage,
     ChatChoice,
     ChatChoiceLogprobs,
     ChatCompletion,
@@ -19,9 +23,31 @@ from helixflow.api.openai.protocol import (
     ChatMessage,
     TextContentPart,
 )
-from helixflow.api.openai.shaping import UsageCounter, finish_reason
+from helixflow.api.openai.shaping import (
+    UsageCounter,
+    assistant_message,
+    call_deltas,
+    chat_finish_reason,
+)
 from helixflow.api.openai.sse import DONE, ChunkWriter, error_event
+from helixflow.api.openai.structured import check_response_format
+from helixflow.api.openai.tool_parsers import (
+    Event,
+    ParsedCall,
+    ParsedOutput,
+    ToolCallParser,
+    ToolParserRegistry,
+    ToolStream,
+)
+from helixflow.api.openai.tools import (
+    ToolPlan,
+    check_tool_results,
+    conversation,
+    output_grammar,
+    tool_plan,
+)
 from helixflow.engine.base import Engine, GenerationRequest, GenerationStream
+from helixflow.engine.chat_template import renders_tools
 from helixflow.engine.registry import EngineRegistry
 from helixflow.errors import HelixFlowError, InvalidRequestError
 
@@ -35,10 +61,20 @@ class PreparedChat:
     generation: GenerationRequest
     completion_id: str
     created: int
+    tools: ToolPlan | None = None
+    parser: ToolCallParser | None = None
+    """Reads calls out of each choice's text; None when no calls can be made."""
 
     @property
     def prompt_tokens(self) -> int:
         return len(self.generation.prompt_tokens)
+
+    @property
+    def legacy(self) -> bool:
+        return self.tools is not None and self.tools.legacy
+
+    def parse(self, text: str) -> ParsedOutput:
+        return self.parser.parse(text) if self.parser is not None else ParsedOutput(text, [])
 
 
 def message_dict(message: ChatMessage, index: int) -> dict[str, Any]:
@@ -62,46 +98,64 @@ def message_dict(message: ChatMessage, index: int) -> dict[str, Any]:
         out["tool_calls"] = [call.model_dump() for call in message.tool_calls]
     if message.tool_call_id:
         out["tool_call_id"] = message.tool_call_id
+    if message.function_call:
+        out["function_call"] = message.function_call.model_dump()
     return out
 
 
 class ChatService:
-    def __init__(self, engines: EngineRegistry) -> None:
+    def __init__(self, engines: EngineRegistry, parsers: ToolParserRegistry | None = None) -> None:
         self._engines = engines
+        self._parsers = parsers or ToolParserRegistry()
+        self._renders_tools: dict[str, bool] = {}
+        """Per model: does its chat template render ``tools`` (probed once)."""
 
     def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
         engine = self._engines.get(request.model)
-        self._check_unsupported(request)
+        plan = tool_plan(request)
+        check_tool_results(request.messages)
+        check_response_format(request.response_format)
+        native = self._native_tools(engine)
+        parser = self._parser(engine, plan, native=native)
         messages = [message_dict(m, i) for i, m in enumerate(request.messages)]
-        tools = [t.model_dump(exclude_none=True) for t in request.tools or []] or None
-        prompt = engine.render_chat(messages, tools=tools)
+        convo = conversation(messages, plan, parser, native=native)
+        prompt = engine.render_chat(convo.messages, tools=convo.tools)
+        grammar = output_grammar(request.response_format, plan, parser)
         max_tokens = check_context(engine, len(prompt), request.token_limit)
         logprobs = (request.top_logprobs or 0) if request.logprobs else None
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         generation = GenerationRequest(
             request_id=completion_id,
             prompt_tokens=prompt,
-            sampling=sampling_params(engine, request, max_tokens=max_tokens, logprobs=logprobs),
+            sampling=sampling_params(
+                engine, request, max_tokens=max_tokens, logprobs=logprobs, grammar=grammar
+            ),
             n=request.n,
         )
-        return PreparedChat(request, engine, generation, completion_id, int(time.time()))
+        return PreparedChat(
+            request,
+            engine,
+            generation,
+            completion_id,
+            int(time.time()),
+            tools=plan,
+            parser=parser if plan is not None and plan.callable else None,
+        )
 
-    @staticmethod
-    def _check_unsupported(request: ChatCompletionRequest) -> None:
-        fmt = request.response_format
-        if fmt is not None and fmt.type != "text":
-            raise InvalidRequestError(
-                f"response_format {fmt.type!r} is not supported yet by this server",
-                param="response_format",
-                code="unsupported_response_format",
-            )
-        choice = request.tool_choice
-        if choice not in (None, "auto", "none"):
-            raise InvalidRequestError(
-                "tool_choice other than 'auto' or 'none' is not supported yet by this server",
-                param="tool_choice",
-                code="unsupported_tool_choice",
-            )
+    def _parser(self, engine: Engine, plan: ToolPlan | None, *, native: bool) -> ToolCallParser:
+        """The tool-call format of the model's template, for this request's functions."""
+        parser = self._parsers.for_template(engine.info.chat_template, native=native)
+        if plan is None:
+            return parser(())
+        return parser([t.name for t in plan.callable], max_calls=plan.max_calls)
+
+    def _native_tools(self, engine: Engine) -> bool:
+        info = engine.info
+        native = self._renders_tools.get(info.model_id)
+        if native is None:
+            native = bool(info.chat_template) and renders_tools(info.chat_template or "")
+            self._renders_tools[info.model_id] = native
+        return native
 
     @staticmethod
     def open(prepared: PreparedChat) -> GenerationStream:
@@ -125,19 +179,23 @@ class ChatService:
         finally:
             stream.cancel()
         want_logprobs = prepared.generation.sampling.logprobs is not None
-        choices = [
-            ChatChoice(
-                index=i,
-                message=AssistantMessage(content=texts[i]),
-                logprobs=(
-                    ChatChoiceLogprobs.model_validate(chat_logprobs(token_logprobs[i]))
-                    if want_logprobs
-                    else None
-                ),
-                finish_reason=finish_reason(finish[i]),
+        choices: list[ChatChoice] = []
+        for i in range(n):
+            parsed = prepared.parse(texts[i])
+            choices.append(
+                ChatChoice(
+                    index=i,
+                    message=assistant_message(parsed, legacy=prepared.legacy),
+                    logprobs=(
+                        ChatChoiceLogprobs.model_validate(chat_logprobs(token_logprobs[i]))
+                        if want_logprobs
+                        else None
+                    ),
+                    finish_reason=chat_finish_reason(
+                        finish[i], calls=bool(parsed.calls), legacy=prepared.legacy
+                    ),
+                )
             )
-            for i in range(n)
-        ]
         return ChatCompletion(
             id=prepared.completion_id,
             created=prepared.created,
@@ -150,7 +208,8 @@ class ChatService:
     async def stream(
         self, prepared: PreparedChat, deltas: GenerationStream
     ) -> AsyncIterator[bytes]:
-        """SSE chunks: role first, content as it comes, one finish chunk per choice, [DONE]."""
+        """SSE chunks: role first, content (and calls) as they come, one finish chunk per
+        choice, [DONE]."""
         writer = ChunkWriter(
             completion_id=prepared.completion_id,
             object_name="chat.completion.chunk",
@@ -175,18 +234,28 @@ class ChatService:
                 }
             )
 
-        for index in range(prepared.request.n):
+        n = prepared.request.n
+        for index in range(n):
             yield chunk(index, {"role": "assistant", "content": ""})
         counter = UsageCounter(prepared.prompt_tokens)
         want_logprobs = prepared.generation.sampling.logprobs is not None
+        calls = _CallStreams(prepared.parser, n, legacy=prepared.legacy)
         try:
             async for delta in deltas:
                 logprobs = chat_logprobs(delta.logprobs or []) if want_logprobs else None
-                if delta.text or delta.logprobs:
-                    yield chunk(delta.index, {"content": delta.text}, logprobs)
+                text, made = calls.feed(
+                    delta.index, delta.text, final=delta.finish_reason is not None
+                )
+                if text or delta.logprobs:
+                    yield chunk(delta.index, {"content": text}, logprobs)
+                for call_delta in made:
+                    yield chunk(delta.index, call_delta)
                 if delta.finish_reason is not None:
                     counter.add(delta)
-                    yield chunk(delta.index, {}, None, finish_reason(delta.finish_reason))
+                    reason = chat_finish_reason(
+                        delta.finish_reason, calls=calls.made(delta.index), legacy=prepared.legacy
+                    )
+                    yield chunk(delta.index, {}, None, reason)
         except HelixFlowError as exc:
             yield error_event(exc)
             return
@@ -195,3 +264,33 @@ class ChatService:
         if prepared.request.include_usage:
             yield writer.usage(counter.usage().model_dump())
         yield DONE
+
+
+class _CallStreams:
+    """Each choice's streamed text split into content and call deltas (plain content when no
+    calls can be made)."""
+
+    def __init__(self, parser: ToolCallParser | None, n: int, *, legacy: bool) -> None:
+        self._streams: list[ToolStream] | None = (
+            [parser.stream() for _ in range(n)] if parser is not None else None
+        )
+        self._counts = [0] * n
+        self._legacy = legacy
+
+    def feed(self, index: int, text: str, *, final: bool) -> tuple[str, list[dict[str, Any]]]:
+        if self._streams is None:
+            return text, []
+        stream = self._streams[index]
+        events: list[Event] = stream.feed(text)
+        if final:
+            events.extend(stream.finish())
+        content = "".join(e for e in events if isinstance(e, str))
+        deltas: list[dict[str, Any]] = []
+        for event in events:
+            if isinstance(event, ParsedCall):
+                deltas.extend(call_deltas(self._counts[index], event, legacy=self._legacy))
+                self._counts[index] += 1
+        return content, deltas
+
+    def made(self, index: int) -> bool:
+        return self._counts[index] > 0

@@ -9,10 +9,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
+
 from helixflow.config import ModelConfig
 from helixflow.engine.base import Delta, EngineInfo, EngineStats, GenerationRequest
 from helixflow.engine.bundled import resolve_bundled
 from helixflow.engine.chat_template import ChatTemplate, fallback_template, load_template_source
+from helixflow.engine.kvstore import SessionKVStore
 from helixflow.engine.llamacpp.model import ContextOptions, LlamaModel, default_threads
 from helixflow.engine.llamacpp.scheduler import Scheduler, SchedulerOptions
 from helixflow.engine.llamacpp.sequence import Group
@@ -31,6 +34,12 @@ class LlamaCppEngine:
         self._scheduler: Scheduler | None = None
         self._template: ChatTemplate | None = None
         self._info: EngineInfo | None = None
+        self._kv_store: SessionKVStore | None = None
+        self._state_fingerprint = ""
+
+    def use_kv_store(self, store: SessionKVStore) -> None:
+        """Save each session's KV state after a turn and restore it on the next one."""
+        self._kv_store = store
 
     # -- lifecycle -----------------------------------------------------------------------------
     def model_path(self) -> Path:
@@ -80,6 +89,8 @@ class LlamaCppEngine:
             chat_template=source,
             created=int(path.stat().st_mtime),
         )
+        # A saved state is only loaded into the same model file and llama.cpp build.
+        self._state_fingerprint = f"{model.fingerprint}:{llama_cpp.__version__}"
         self._scheduler = Scheduler(
             model,
             SchedulerOptions(
@@ -90,8 +101,10 @@ class LlamaCppEngine:
                 max_queue=cfg.max_queue,
                 prefix_cache=cfg.prefix_cache,
                 retry_after_s=self._retry_after_s,
+                save_min_tokens=self._kv_store.config.min_tokens if self._kv_store else 0,
             ),
             asyncio.get_running_loop(),
+            save_state=self._save_state if self._kv_store is not None else None,
         )
         self._scheduler.start()
 
@@ -153,6 +166,23 @@ class LlamaCppEngine:
         if add_bos and model.bos_id >= 0:
             tokens.insert(0, model.bos_id)
         return tokens
+
+    # -- sessions ------------------------------------------------------------------------------
+    async def attach_session(self, request: GenerationRequest) -> None:
+        """Find the saved KV state of ``request.session_id`` (RAM, disk or S3) and attach it,
+        so the scheduler loads it instead of recomputing the prefix it covers."""
+        store = self._kv_store
+        if store is None or request.session_id is None or request.prompt_logprobs is not None:
+            return
+        request.restore = await store.load(
+            self.config.id, self._state_fingerprint, request.session_id, request.prompt_tokens
+        )
+
+    def _save_state(self, request: GenerationRequest, tokens: list[int], state: bytes) -> None:
+        if self._kv_store is not None and request.session_id is not None:
+            self._kv_store.save_later(
+                self.config.id, self._state_fingerprint, request.session_id, tokens, state
+            )
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, request: GenerationRequest) -> GenerationStream:

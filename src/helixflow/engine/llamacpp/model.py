@@ -35,6 +35,9 @@ class ContextOptions:
     """None lets llama.cpp decide. Off by default: llama.cpp's CPU flash-attention kernel sums
     in an order that depends on where a sequence's cells sit in the cache, so a reused prefix
     could change a temperature-0 reply."""
+    embeddings: bool = False
+    """An embedding context: the final hidden state of every token is output (no pooling by
+    llama.cpp, no sampling); the caller pools them into one vector per input."""
 
 
 class LlamaModel:
@@ -72,6 +75,9 @@ class LlamaModel:
             True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
             False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
         }[options.flash_attention]
+        if options.embeddings:
+            ctx_params.embeddings = True
+            ctx_params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
         ctx = llama_cpp.llama_init_from_model(model, ctx_params)
         if not ctx:
             llama_cpp.llama_model_free(model)
@@ -85,6 +91,9 @@ class LlamaModel:
         self.n_ctx: int = llama_cpp.llama_n_ctx(ctx)
         self.n_ctx_seq: int = llama_cpp.llama_n_ctx_seq(ctx)
         self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(model)
+        self.n_ubatch: int = llama_cpp.llama_n_ubatch(ctx)
+        self.n_embd: int = llama_cpp.llama_model_n_embd_out(model)
+        self.causal: bool = bool(llama_cpp.llama_get_causal_attn(ctx))
         self.bos_id: int = llama_cpp.llama_vocab_bos(self._vocab)
         self.eos_id: int = llama_cpp.llama_vocab_eos(self._vocab)
         self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))

@@ -22,16 +22,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import llama_cpp
 
-from helixflow.engine.base import Delta, EngineStats, FinishReason, TokenLogprob
+from helixflow.engine.base import (
+    Delta,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    KVRestore,
+    TokenLogprob,
+)
 from helixflow.engine.llamacpp.model import LlamaModel
 from helixflow.engine.llamacpp.sampling import (
     SamplerChain,
+    check_grammar,
     log_softmax,
     logits_at,
     token_logprob,
@@ -61,6 +71,12 @@ class SchedulerOptions:
     max_queue: int
     prefix_cache: bool
     retry_after_s: int
+    save_min_tokens: int = 64
+    """Session states shorter than this are not saved (recomputing them is cheap)."""
+
+
+SaveState = Callable[[GenerationRequest, list[int], bytes], None]
+"""Receives, on the event loop, a finished session's request, its KV tokens and state."""
 
 
 @dataclass(slots=True)
@@ -76,9 +92,18 @@ class Scheduler:
     """Owns the decode thread; every llama.cpp context call after loading happens there."""
 
     def __init__(
-        self, model: LlamaModel, options: SchedulerOptions, loop: asyncio.AbstractEventLoop
+        self,
+        model: LlamaModel,
+        options: SchedulerOptions,
+        loop: asyncio.AbstractEventLoop,
+        save_state: SaveState | None = None,
     ) -> None:
         self._model = model
+        self._save_state = save_state
+        self._saves: list[tuple[GenerationRequest, list[int], bytes]] = []
+        self._restores = 0
+        self._restored_tokens = 0
+        self._restore_failures = 0
         self._opts = options
         self._loop = loop
         self._slots = [Slot(seq_id=i) for i in range(options.parallel)]
@@ -118,7 +143,8 @@ class Scheduler:
 
     def submit(self, group: Group) -> None:
         """Queue a request; raises :class:`QueueFullError` past the waiting limit, and
-        :class:`InvalidRequestError` for more choices than slots (it could never start)."""
+        :class:`InvalidRequestError` for more choices than slots (it could never start) or a
+        grammar llama.cpp cannot parse."""
         if group.request.n > len(self._slots):
             raise InvalidRequestError(
                 f"n={group.request.n} exceeds the {len(self._slots)} parallel sequences "
@@ -126,6 +152,9 @@ class Scheduler:
                 param="n",
                 code="n_too_large",
             )
+        sampling = group.request.sampling
+        if sampling.grammar is not None:  # a bad grammar is refused here, not on the thread
+            check_grammar(self._model, sampling.grammar, sampling.grammar_root)
         with self._lock:
             free = sum(1 for s in self._slots if s.owner is None)
             if self._queued >= self._opts.max_queue and self._queued + group.request.n > free:
@@ -154,6 +183,9 @@ class Scheduler:
             prompt_tokens_processed=self._prompt_processed,
             prompt_tokens_reused=self._prompt_reused,
             sequence_moves=self._moves,
+            kv_restores=self._restores,
+            kv_restored_tokens=self._restored_tokens,
+            kv_restore_failures=self._restore_failures,
         )
 
     # -- the decode thread ---------------------------------------------------------------------
@@ -211,7 +243,9 @@ class Scheduler:
         request = group.request
         prompt = request.prompt_tokens
         self._clock += 1
-        first_slot, reused = self._place_prompt(prompt, free, request.prompt_logprobs is not None)
+        first_slot, reused = self._place_prompt(
+            prompt, free, request.prompt_logprobs is not None, request.restore
+        )
         free.remove(first_slot)
         # Siblings take the least useful caches (unified) or the lowest ids (streams).
         free.sort(key=lambda s: s.last_used if self._unified else s.seq_id)
@@ -246,18 +280,27 @@ class Scheduler:
         self._prompt_reused += reused
 
     def _place_prompt(
-        self, prompt: list[int], free: list[Slot], no_reuse: bool
+        self, prompt: list[int], free: list[Slot], no_reuse: bool, restore: KVRestore | None
     ) -> tuple[Slot, int]:
-        """Pick a free slot for ``prompt`` and bring the longest cached prefix into it."""
+        """Pick a free slot for ``prompt`` and bring the longest cached prefix into it: from
+        a slot's cache, or from a saved session state when that covers more."""
         reuse = not no_reuse and self._opts.prefix_cache
         matched = {
             s.seq_id: common_prefix_len(s.tokens, prompt) if reuse else 0 for s in self._slots
         }
         target = self._choose_slot(matched, free)
+        limit = len(prompt) - 1  # the last prompt token is always fed, for its logits
+        if restore is not None and not no_reuse:
+            useful = min(common_prefix_len(list(restore.tokens), prompt), limit)
+            cached = min(max(matched.values(), default=0), limit)
+            if useful - cached >= self._min_copy:
+                kept = self._restore(target, restore, useful)
+                if kept:
+                    return target, kept
+                matched[target.seq_id] = 0
         if not reuse:
             self._clear_slot(target)
             return target, 0
-        limit = len(prompt) - 1  # the last prompt token is always fed, for its logits
         own = min(matched[target.seq_id], limit)
         source = max(self._slots, key=lambda s: matched[s.seq_id])
         copied = min(matched[source.seq_id], limit)
@@ -282,6 +325,54 @@ class Scheduler:
         llama_cpp.llama_memory_seq_cp(mem, source.seq_id, target.seq_id, -1, -1)
         target.tokens = list(source.tokens)
         return self._truncate(target, length)
+
+    def _restore(self, slot: Slot, restore: KVRestore, length: int) -> int:
+        """Load a saved session state into ``slot`` and keep its first ``length`` tokens;
+        0 when llama.cpp refuses the state (the prompt is then computed as usual)."""
+        self._clear_slot(slot)
+        state = restore.state
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        read = llama_cpp.llama_state_seq_set_data(self._model.ctx, buffer, len(state), slot.seq_id)
+        if read == 0:
+            self._restore_failures += 1
+            log.warning(
+                "%s: a saved session state (%s tier) was refused by llama.cpp; recomputing",
+                self._opts.model_id,
+                restore.tier,
+            )
+            self._clear_slot(slot)
+            return 0
+        slot.tokens = list(restore.tokens)
+        kept = self._truncate(slot, length)
+        if kept:
+            self._restores += 1
+            self._restored_tokens += kept
+        return kept
+
+    def _capture(self, seq: Sequence) -> None:
+        """Keep a finished session's KV state, to hand to the store after this step."""
+        request = seq.group.request
+        slot = seq.slot
+        if (
+            self._save_state is None
+            or request.session_id is None
+            or seq.index != 0
+            or seq.group.cancelled
+            or len(slot.tokens) < self._opts.save_min_tokens
+        ):
+            return
+        # Only the prompt's KV is kept. The reply's was computed token by token, and
+        # llama.cpp's one-row kernels round differently from the many-row ones that prefill
+        # uses: restoring it would make the next turn's answer differ, in late tokens, from
+        # the one a fresh server gives. The reply is recomputed with the next prompt instead.
+        if self._truncate(slot, len(request.prompt_tokens)) < self._opts.save_min_tokens:
+            return
+        ctx = self._model.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, slot.seq_id)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, slot.seq_id)
+        if written:
+            self._saves.append((request, list(slot.tokens), ctypes.string_at(buffer, written)))
 
     def _truncate(self, slot: Slot, length: int) -> int:
         """Keep the first ``length`` cached tokens of ``slot``; returns how many were kept."""
@@ -461,7 +552,7 @@ class Scheduler:
         model = self._model
         token = seq.sampler.sample(model.ctx, row)
         sampling = seq.group.request.sampling
-        if model.is_eog(token) and not sampling.ignore_eos:
+        if model.is_eog(token) and (not sampling.ignore_eos or sampling.grammar is not None):
             self._finish(seq, "stop")
             return
         seq.tokens.append(token)
@@ -502,6 +593,8 @@ class Scheduler:
         if seq.phase is Phase.FINISHED:
             return
         tail = seq.stop.push(seq.utf8.flush()) + seq.stop.flush()
+        if reason != "cancelled" and seq.n_past > 0:
+            self._capture(seq)
         seq.phase = Phase.FINISHED
         seq.sampler.close()
         self._running.remove(seq)
@@ -550,6 +643,12 @@ class Scheduler:
             self._outbox.append((group, error))
 
     def _flush_outbox(self) -> None:
+        if self._saves and self._save_state is not None:
+            saves, self._saves = self._saves, []
+            save = self._save_state
+            with contextlib.suppress(RuntimeError):
+                for request, tokens, state in saves:
+                    self._loop.call_soon_threadsafe(save, request, tokens, state)
         if not self._outbox:
             return
         outbox, self._outbox = self._outbox, []
