@@ -17,9 +17,8 @@ event loop (uvloop where installed, as the server runs), this measures:
    handlers would; a writer that falls behind fills its queue and spills to the disk spool
    (reported), and the target counts as met if it kept up: nothing spilled, and the rows left
    at the end flushed within a second.
-   Also reported: the writer's lag (its health's ``lag_s``, sampled every second; it counts
-   from the last time the queue was empty, so it only means "age of the oldest queued event"
-   when the queue empties between batches, as in a paced run), the commit lag (from an event's
+   Also reported: the writer's lag (its health's ``lag_s``, sampled every second: the age of
+   the oldest event still waiting in memory), the commit lag (from an event's
    creation to the commit of its batch, for the oldest row of each batch), the batch sizes the
    writer actually used, the time of one ``insert()``, this process's CPU, the CPU of the
    database's backends (PostgreSQL on this machine) and of everything else on the machine: on a
@@ -941,13 +940,7 @@ def print_run(run: DatabaseRun, cfg: RunConfig, overhead_ns: float) -> None:
         f"{mode}",
         caption=f"batch_size {tcfg.batch_size}, flush_interval_ms {tcfg.flush_interval_ms}, "
         f"queue_size {tcfg.queue_size}; timer overhead ~{overhead_ns:.0f} ns per call, "
-        "included"
-        + (
-            "\nwriter lag: lag_s counts from the last time the queue was empty, which it never "
-            "is while producers outpace the writer; the commit lag is the rows' real wait"
-            if cfg.rate <= 0
-            else ""
-        ),
+        "included; writer lag: the age of the oldest event waiting in memory",
     )
     for header, justify in (("figure", "left"), ("measured", "right"), ("target", "right")):
         table.add_column(header, justify=justify)  # type: ignore[arg-type]
