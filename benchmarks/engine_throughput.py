@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import datetime as dt
 import importlib.util
@@ -68,7 +67,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -86,6 +84,8 @@ import orjson
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from _common import free_port, git_commit, stop, track
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LLAMA_SERVER = REPO_ROOT / ".build" / "llama-server" / "bin" / "llama-server"
@@ -401,36 +401,10 @@ SERVER_KINDS: dict[str, ServerKind] = {
     k.name: k
     for k in (HelixFlow(), HelixFlowFlashAttention(), LlamaCppPython(), LlamaServer(), Trivial())
 }
-_LIVE: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group, then SIGKILL it if it lingers."""
-    _LIVE.pop(proc.pid, None)
-    if proc.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=wait_s)
-            return
-
-
-@atexit.register
-def _stop_all() -> None:
-    for proc in list(_LIVE.values()):
-        _stop(proc)
 
 
 @dataclass(slots=True)
@@ -452,11 +426,11 @@ def running_server(kind: ServerKind, cfg: BenchConfig, round_no: int) -> Iterato
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=cfg.log_dir, env=kind.env(),
         )  # fmt: skip
-    _LIVE[proc.pid] = proc
+    track(proc)
     try:
         yield RunningServer(kind, proc, f"http://127.0.0.1:{port}", log_file, cmd)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 # --------------------------------------------------------------------------- load generator
@@ -1018,16 +992,6 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def run_metadata(cfg: BenchConfig) -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
-    commit = git("rev-parse", "--short", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
     versions: dict[str, str] = {}
     for dist in ("helixflow", "llama_cpp_python", "aiohttp"):
         with contextlib.suppress(PackageNotFoundError):
@@ -1035,7 +999,7 @@ def run_metadata(cfg: BenchConfig) -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_commit": commit + ("-dirty" if dirty and dirty != "unknown" else ""),
+        "git_commit": git_commit(REPO_ROOT),
         "cpus": os.cpu_count(),
         "machine": f"{platform.system()} {platform.machine()}",
         "python": platform.python_version(),

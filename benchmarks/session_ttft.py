@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import datetime as dt
 import importlib.util
@@ -61,7 +60,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -79,6 +77,8 @@ import orjson
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from _common import free_port, git_commit, stop, track
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON_OUT = REPO_ROOT / "benchmarks" / "results" / "session_ttft.json"
@@ -325,34 +325,6 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-_LIVE: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group, then SIGKILL it if it lingers."""
-    _LIVE.pop(proc.pid, None)
-    if proc.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=wait_s)
-            return
-
-
-@atexit.register
-def _stop_all() -> None:
-    for proc in list(_LIVE.values()):
-        _stop(proc)
-
-
 @dataclass(slots=True)
 class RunningServer:
     spec: ServerSpec
@@ -378,11 +350,11 @@ def running_server(spec: ServerSpec, cfg: BenchConfig, round_no: int) -> Iterato
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=run_dir, env=env,
         )  # fmt: skip
-    _LIVE[proc.pid] = proc
+    track(proc)
     try:
         yield RunningServer(spec, proc, f"http://127.0.0.1:{port}", log_file, cmd)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 # --------------------------------------------------------------------------- client
@@ -893,16 +865,6 @@ def print_tables(results: Results, cfg: BenchConfig) -> None:
 
 
 def run_metadata(cfg: BenchConfig) -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
-    commit = git("rev-parse", "--short", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
     versions: dict[str, str] = {}
     for dist in ("helixflow", "llama_cpp_python", "aiohttp"):
         with contextlib.suppress(PackageNotFoundError):
@@ -910,7 +872,7 @@ def run_metadata(cfg: BenchConfig) -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_commit": commit + ("-dirty" if dirty and dirty != "unknown" else ""),
+        "git_commit": git_commit(REPO_ROOT),
         "cpus": os.cpu_count(),
         "machine": f"{platform.system()} {platform.machine()}",
         "python": platform.python_version(),

@@ -64,7 +64,6 @@ import pstats
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -82,6 +81,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import delete, func, select, text
 
+from _common import git_commit
 from helixflow.api.middleware import time_ordered_id
 from helixflow.config import DatabaseConfig, TelemetryConfig
 from helixflow.store.database import Database
@@ -1083,16 +1083,6 @@ def print_run(run: DatabaseRun, cfg: RunConfig, overhead_ns: float) -> None:
 
 
 def run_metadata() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
-    commit = git("rev-parse", "--short", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
     versions: dict[str, str] = {}
     for dist in ("helixflow", "sqlalchemy", "asyncpg", "aiosqlite", "uvloop"):
         with contextlib.suppress(PackageNotFoundError):
@@ -1100,7 +1090,7 @@ def run_metadata() -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_commit": commit + ("-dirty" if dirty and dirty != "unknown" else ""),
+        "git_commit": git_commit(REPO_ROOT),
         "cpus": os.cpu_count(),
         "machine": f"{platform.system()} {platform.machine()}",
         "python": platform.python_version(),

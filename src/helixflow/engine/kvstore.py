@@ -25,7 +25,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -35,6 +35,7 @@ import zstandard
 
 from helixflow.config import KVCacheConfig, S3TierConfig
 from helixflow.engine.base import GenerationRequest, KVRestore
+from helixflow.engine.text import common_prefix_len
 
 log = logging.getLogger(__name__)
 
@@ -432,12 +433,12 @@ class SessionKVStore:
             self._stats.misses += 1
             return None
         state, tier = found
-        shared = _common_prefix(state.tokens, prompt)
+        shared = common_prefix_len(list(state.tokens), prompt)
         if shared < self.config.min_tokens:
             self._stats.misses += 1
             return None
         self._stats.hits[tier] += 1
-        self._report(self._metadata_used(key, model, tier))
+        self._report(lambda sink: sink.used(key, model, tier))
         return KVRestore(tokens=state.tokens, state=state.state, tier=tier)
 
     def _find_in_ram(self, key: str, fingerprint: str) -> tuple[SessionState, str] | None:
@@ -518,7 +519,9 @@ class SessionKVStore:
                 return
         self._stats.saves += 1
         self._report(
-            self._metadata_saved(key, model, fingerprint, len(tokens), decoded.sha256, len(blob))
+            lambda sink: sink.saved(
+                key, model, fingerprint, len(tokens), "disk", decoded.sha256, len(blob)
+            )
         )
 
     def _write_disk(self, key: str, blob: bytes) -> None:
@@ -544,30 +547,16 @@ class SessionKVStore:
                 await asyncio.to_thread(tier.delete, key)
             except Exception as exc:
                 log.warning("kv store: deleting %s from %s failed: %s", key[:12], tier.name, exc)
-        self._report(self._metadata_removed(key, model))
+        self._report(lambda sink: sink.removed(key, model))
 
     # -- metadata ------------------------------------------------------------------------------
-    def _report(self, work: Any) -> None:
+    def _report(self, update: Callable[[KVMetadataSink], Awaitable[None]]) -> None:
+        """Run ``update`` on the metadata sink in the background, if there is one."""
         if self.metadata is None:
-            work.close()
             return
-        task = asyncio.get_running_loop().create_task(work)
+        task = asyncio.get_running_loop().create_task(_quietly(update(self.metadata)))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
-
-    async def _metadata_saved(
-        self, key: str, model: str, fingerprint: str, tokens: int, sha256: str, size: int
-    ) -> None:
-        assert self.metadata is not None
-        await _quietly(self.metadata.saved(key, model, fingerprint, tokens, "disk", sha256, size))
-
-    async def _metadata_used(self, key: str, model: str, tier: str) -> None:
-        assert self.metadata is not None
-        await _quietly(self.metadata.used(key, model, tier))
-
-    async def _metadata_removed(self, key: str, model: str) -> None:
-        assert self.metadata is not None
-        await _quietly(self.metadata.removed(key, model))
 
     async def drain(self) -> None:
         """Wait for saves and metadata updates in flight (shutdown, tests)."""
@@ -575,20 +564,12 @@ class SessionKVStore:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
 
-async def _quietly(work: Any) -> None:
+async def _quietly(work: Awaitable[None]) -> None:
     """Metadata is bookkeeping: a database outage must not fail a save or a restore."""
     try:
         await work
     except Exception as exc:
         log.warning("kv store: metadata update failed: %s", exc)
-
-
-def _common_prefix(a: tuple[int, ...], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 @runtime_checkable

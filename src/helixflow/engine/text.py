@@ -1,4 +1,4 @@
-"""Turning a stream of token bytes into text: UTF-8 across token boundaries and stop strings."""
+"""Token streams: UTF-8 across token boundaries, stop strings, and shared prompt prefixes."""
 
 from __future__ import annotations
 
@@ -65,3 +65,19 @@ class Utf8Stream:
 
     def flush(self) -> str:
         return self._decoder.decode(b"", final=True)
+
+
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists (binary search over C-speed
+    slice compares)."""
+    hi = min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

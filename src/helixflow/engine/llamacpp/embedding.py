@@ -14,10 +14,16 @@ from collections.abc import Sequence
 
 from helixflow.config import ModelConfig
 from helixflow.engine.base import EngineInfo, EngineStats
-from helixflow.engine.bundled import resolve_bundled
 from helixflow.engine.embedding import Pooling, Vector
 from helixflow.engine.llamacpp.embedding_worker import ROW_ALIGN, EmbedJob, EmbedWorker
-from helixflow.engine.llamacpp.model import ContextOptions, LlamaModel, default_threads
+from helixflow.engine.llamacpp.model import (
+    FLASH_ATTENTION,
+    ContextOptions,
+    LlamaModel,
+    default_threads,
+    engine_info,
+    model_file,
+)
 from helixflow.errors import EngineError, InvalidRequestError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -39,11 +45,7 @@ class LlamaCppEmbedder:
 
     async def start(self) -> None:
         cfg = self.config
-        path = (
-            cfg.path.expanduser()
-            if cfg.path is not None
-            else await asyncio.to_thread(resolve_bundled, cfg.bundled or "")
-        )
+        path = await asyncio.to_thread(model_file, cfg)
         # Each sequence gets its own KV stream, large enough for the longest input.
         stream = -(-cfg.batch_size // 256) * 256
         options = ContextOptions(
@@ -52,7 +54,7 @@ class LlamaCppEmbedder:
             batch_size=cfg.batch_size,
             threads=cfg.threads or default_threads(),
             unified_kv=False,
-            flash_attention={"auto": None, "on": True, "off": False}[cfg.flash_attention],
+            flash_attention=FLASH_ATTENTION[cfg.flash_attention],
             embeddings=True,
         )
         model = await asyncio.to_thread(LlamaModel, path, options)
@@ -67,18 +69,7 @@ class LlamaCppEmbedder:
         self._max_input = min(rows, model.n_ctx_seq, model.n_ctx_train or rows)
         pooling = cfg.pooling or _declared_pooling(model)
         self._model = model
-        self._info = EngineInfo(
-            model_id=cfg.id,
-            context_size=self._max_input,
-            train_context_size=model.n_ctx_train,
-            parallel=cfg.parallel,
-            vocab_size=model.n_vocab,
-            fingerprint=f"fp_{model.fingerprint[:12]}",
-            description=model.description,
-            file_path=str(path),
-            chat_template=None,
-            created=int(path.stat().st_mtime),
-        )
+        self._info = engine_info(cfg, model, path, context_size=self._max_input, chat_template=None)
         self._worker = EmbedWorker(model, cfg, pooling, cfg.parallel)
         self._worker.start()
         log.info(

@@ -6,17 +6,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import llama_cpp
 
 from helixflow.config import ModelConfig
 from helixflow.engine.base import Delta, EngineInfo, EngineStats, GenerationRequest
-from helixflow.engine.bundled import resolve_bundled
 from helixflow.engine.chat_template import ChatTemplate, fallback_template, load_template_source
 from helixflow.engine.kvstore import SessionKVStore
-from helixflow.engine.llamacpp.model import ContextOptions, LlamaModel, default_threads
+from helixflow.engine.llamacpp.model import (
+    FLASH_ATTENTION,
+    ContextOptions,
+    LlamaModel,
+    default_threads,
+    engine_info,
+    model_file,
+)
 from helixflow.engine.llamacpp.scheduler import Scheduler, SchedulerOptions
 from helixflow.engine.llamacpp.sequence import Group
 from helixflow.errors import ServiceUnavailableError
@@ -42,22 +47,16 @@ class LlamaCppEngine:
         self._kv_store = store
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def model_path(self) -> Path:
-        if self.config.path is not None:
-            return self.config.path.expanduser()
-        assert self.config.bundled is not None
-        return resolve_bundled(self.config.bundled)
-
     async def start(self) -> None:
-        path = await asyncio.to_thread(self.model_path)
         cfg = self.config
+        path = await asyncio.to_thread(model_file, cfg)
         options = ContextOptions(
             context_size=cfg.context_size,
             parallel=cfg.parallel,
             batch_size=max(cfg.batch_size, cfg.parallel),
             threads=cfg.threads or default_threads(),
             unified_kv=cfg.kv_unified,
-            flash_attention={"auto": None, "on": True, "off": False}[cfg.flash_attention],
+            flash_attention=FLASH_ATTENTION[cfg.flash_attention],
         )
         model = await asyncio.to_thread(LlamaModel, path, options)
         self._model = model
@@ -77,17 +76,8 @@ class LlamaCppEngine:
             bos_token=model.token_text(model.bos_id) if model.bos_id >= 0 else "",
             eos_token=model.token_text(model.eos_id) if model.eos_id >= 0 else "",
         )
-        self._info = EngineInfo(
-            model_id=cfg.id,
-            context_size=model.n_ctx_seq,
-            train_context_size=model.n_ctx_train,
-            parallel=cfg.parallel,
-            vocab_size=model.n_vocab,
-            fingerprint=f"fp_{model.fingerprint[:12]}",
-            description=model.description,
-            file_path=str(path),
-            chat_template=source,
-            created=int(path.stat().st_mtime),
+        self._info = engine_info(
+            cfg, model, path, context_size=model.n_ctx_seq, chat_template=source
         )
         # A saved state is only loaded into the same model file and llama.cpp build.
         self._state_fingerprint = f"{model.fingerprint}:{llama_cpp.__version__}"

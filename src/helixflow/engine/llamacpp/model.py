@@ -17,6 +17,9 @@ from pathlib import Path
 import llama_cpp
 from llama_cpp import _logger as llama_logger
 
+from helixflow.config import ModelConfig
+from helixflow.engine.base import EngineInfo
+from helixflow.engine.bundled import resolve_bundled
 from helixflow.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -215,3 +218,37 @@ def _file_fingerprint(path: Path) -> str:
             fh.seek(-(1 << 20), os.SEEK_END)
             digest.update(fh.read(1 << 20))
     return digest.hexdigest()[:16]
+
+
+def model_file(config: ModelConfig) -> Path:
+    """The GGUF file a model entry names: its ``path``, or the bundled package's file."""
+    if config.path is not None:
+        return config.path.expanduser()
+    return resolve_bundled(config.bundled or "")
+
+
+FLASH_ATTENTION: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+"""The ``flash_attention`` setting as :class:`ContextOptions` takes it (None: llama.cpp picks)."""
+
+
+def engine_info(
+    config: ModelConfig,
+    model: LlamaModel,
+    path: Path,
+    *,
+    context_size: int,
+    chat_template: str | None,
+) -> EngineInfo:
+    """What the API reports about a loaded model."""
+    return EngineInfo(
+        model_id=config.id,
+        context_size=context_size,
+        train_context_size=model.n_ctx_train,
+        parallel=config.parallel,
+        vocab_size=model.n_vocab,
+        fingerprint=f"fp_{model.fingerprint[:12]}",
+        description=model.description,
+        file_path=str(path),
+        chat_template=chat_template,
+        created=int(path.stat().st_mtime),
+    )

@@ -46,14 +46,8 @@ from helixflow.engine.llamacpp.sampling import (
     logits_at,
     token_logprob,
 )
-from helixflow.engine.llamacpp.sequence import (
-    Group,
-    Phase,
-    Sequence,
-    Slot,
-    common_prefix_len,
-)
-from helixflow.engine.text import StopMatcher
+from helixflow.engine.llamacpp.sequence import Group, Phase, Sequence, Slot
+from helixflow.engine.text import StopMatcher, common_prefix_len
 from helixflow.errors import EngineError, InvalidRequestError, QueueFullError
 
 log = logging.getLogger(__name__)
