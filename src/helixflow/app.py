@@ -28,10 +28,13 @@ from helixflow.store.runtime import Store
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, given: Store | None = None) -> FastAPI:
+    """``given``: a store the caller opened already (``helixflow serve`` opens it before binding,
+    to report a bad database cleanly); it is then closed with the app."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = await Store.open(settings)
+        store = given if given is not None else await Store.open(settings)
         app.state.store = store
         app.state.database = store.database
         app.state.recorder = store

@@ -7,7 +7,7 @@ import json
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 import uvicorn
@@ -18,6 +18,9 @@ from helixflow import __version__
 from helixflow.config import ConfigFileError, ModelConfig, Settings, load_settings
 from helixflow.engine.bundled import BUNDLED_MODELS, find_bundled
 from helixflow.errors import StartupError
+
+if TYPE_CHECKING:
+    from helixflow.store.runtime import Store
 
 T = TypeVar("T")
 
@@ -105,7 +108,6 @@ def serve(
     config: ConfigOption = None,
 ) -> None:
     """Start the OpenAI-compatible server and load the configured models."""
-    from helixflow.app import create_app
     from helixflow.observability.logging import configure_logging
 
     settings = _load(config)
@@ -117,21 +119,23 @@ def serve(
         update["models"] = [model_from_argument(model)]
     settings = settings.model_copy(update=update)
     configure_logging(settings.server.log_level)
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    from helixflow.app import create_app
+
+    store = await _open_store(settings)
     uv_config = uvicorn.Config(
-        create_app(settings),
-        host=server_cfg.host,
-        port=server_cfg.port,
+        create_app(settings, store),
+        host=settings.server.host,
+        port=settings.server.port,
         log_level=settings.server.log_level,
         access_log=settings.server.access_log,
         log_config=None,
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(uv_config)
-    asyncio.run(_serve(server, settings))
-
-
-async def _serve(server: uvicorn.Server, settings: Settings) -> None:
-    await _preflight(settings)
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn has no event)
         await asyncio.sleep(0.05)
@@ -142,18 +146,12 @@ async def _serve(server: uvicorn.Server, settings: Settings) -> None:
         raise typer.Exit(1)
 
 
-async def _preflight(settings: Settings) -> None:
+async def _open_store(settings: Settings) -> Store:
     """Reach the database and bring its schema up to date (or refuse) before binding."""
-    from helixflow.store.database import Database
-    from helixflow.store.migrate import Migrator
+    from helixflow.store.runtime import Store
 
     try:
-        database = Database(settings.database_url, settings.database)
-        try:
-            await database.connect()
-            await Migrator(database).ensure_schema(settings.database)
-        finally:
-            await database.dispose()
+        return await Store.open(settings)
     except StartupError as exc:
         Console(stderr=True).print(f"[red]Cannot start:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
