@@ -11,9 +11,13 @@ from fastapi import FastAPI
 
 from helixflow import __version__
 from helixflow.api import health
+from helixflow.api.admin.alerts import router as alerts_router
 from helixflow.api.admin.analytics import router as analytics_router
+from helixflow.api.admin.assignments import router as assignments_router
+from helixflow.api.admin.routing import router as routing_router
 from helixflow.api.errors import install_error_handlers
 from helixflow.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from helixflow.api.openai.gateway import Gateway
 from helixflow.api.openai.routes import router as openai_router
 from helixflow.api.openai.serving_chat import ChatService
 from helixflow.api.openai.serving_completions import CompletionService
@@ -22,10 +26,21 @@ from helixflow.api.telemetry import TelemetryMiddleware
 from helixflow.config import Settings
 from helixflow.engine.kvstore import SessionEngine, SessionKVStore
 from helixflow.engine.registry import EngineRegistry
+from helixflow.router.runtime import LocalInfo, RouterRuntime
 from helixflow.store.repositories.kv_sessions import KVSessionRepository
 from helixflow.store.runtime import Store
 
 log = logging.getLogger(__name__)
+
+
+def _local_info(engines: EngineRegistry) -> LocalInfo:
+    def info(model_id: str) -> tuple[int | None, int]:
+        served = engines.lookup(model_id)
+        if not served.ready:
+            return None, 0
+        return served.info.context_size, served.stats().queued_requests
+
+    return info
 
 
 def create_app(settings: Settings, given: Store | None = None) -> FastAPI:
@@ -55,11 +70,20 @@ def create_app(settings: Settings, given: Store | None = None) -> FastAPI:
         app.state.completion_service = CompletionService(engines)
         app.state.embedding_service = EmbeddingService(engines)
         started = time.monotonic()
+        routing: RouterRuntime | None = None
         try:
             await engines.start()
             log.info("%d model(s) loaded in %.1fs", len(engines), time.monotonic() - started)
+            routing = await RouterRuntime.open(settings, store.database, _local_info(engines))
+            app.state.routing = routing
+            app.state.router = routing.router
+            app.state.gateway = Gateway(
+                routing.router, routing.dispatcher, routing.providers, routing.cache, store
+            )
             yield
         finally:
+            if routing is not None:
+                await routing.close()
             await engines.stop()
             if kv_store is not None:
                 await kv_store.drain()
@@ -69,7 +93,8 @@ def create_app(settings: Settings, given: Store | None = None) -> FastAPI:
         title="HelixFlow",
         version=__version__,
         description="Self-hosted, OpenAI-compatible inference: a llama.cpp engine with "
-        "continuous batching behind the OpenAI API.",
+        "continuous batching and a router over local models and upstream OpenAI-compatible "
+        "providers, behind the OpenAI API.",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -82,4 +107,7 @@ def create_app(settings: Settings, given: Store | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(openai_router)
     app.include_router(analytics_router)
+    app.include_router(routing_router)
+    app.include_router(assignments_router)
+    app.include_router(alerts_router)
     return app

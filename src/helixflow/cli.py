@@ -147,10 +147,13 @@ async def _serve(settings: Settings) -> None:
 
 
 async def _open_store(settings: Settings) -> Store:
-    """Reach the database and bring its schema up to date (or refuse) before binding."""
+    """Check the router's configuration, reach the database and bring its schema up to date
+    (or refuse) before binding."""
+    from helixflow.router.runtime import preflight
     from helixflow.store.runtime import Store
 
     try:
+        preflight(settings)
         return await Store.open(settings)
     except StartupError as exc:
         Console(stderr=True).print(f"[red]Cannot start:[/red] {exc}", highlight=False)
@@ -170,6 +173,13 @@ def _print_banner(server: uvicorn.Server, settings: Settings) -> None:
     console = Console()
     console.print(f"[bold green]HelixFlow {__version__}[/] listening on [bold]{base}[/]")
     console.print("Serving: " + ", ".join(m.id for m in settings.models))
+    for provider in settings.providers:
+        if provider.enabled:
+            names = ", ".join(m.name for m in provider.model_configs())
+            console.print(f"Upstream {provider.name} ({provider.base_url}): {names}")
+    groups = ", ".join(g.name for g in settings.router.groups)
+    if groups:
+        console.print(f"Groups (the router chooses): {groups}")
     payload = json.dumps({"model": first, "messages": [{"role": "user", "content": "Hello!"}]})
     console.print("Try:", style="bold")
     console.print(

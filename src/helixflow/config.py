@@ -3,7 +3,8 @@
 Sources, highest precedence first: explicit overrides (CLI flags), environment variables
 (``HELIXFLOW_*``, nested with ``__``, e.g. ``HELIXFLOW_SERVER__PORT=9000``), an optional YAML
 file (``--config helixflow.yaml`` or ``HELIXFLOW_CONFIG``), then defaults that work on a laptop.
-No other module reads ``os.environ``.
+No other module reads ``os.environ`` (``routing_config.py``, part of this tree, reads
+providers' API keys).
 """
 
 from __future__ import annotations
@@ -20,12 +21,19 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from helixflow.routing_config import (
+    ProviderConfig,
+    RedisConfig,
+    RouterConfig,
+    TargetTraits,
+)
+
 DEFAULT_MODEL_ID = "smollm2-135m"
 CONFIG_ENV_VAR = "HELIXFLOW_CONFIG"
 
 
-class ModelConfig(BaseModel):
-    """One model the engine loads and serves."""
+class ModelConfig(TargetTraits):
+    """One model the engine loads and serves (and the router's traits for it)."""
 
     id: str = Field(min_length=1, max_length=128, description="Name clients send as `model`.")
     path: Path | None = Field(default=None, description="Path to a GGUF file.")
@@ -317,6 +325,11 @@ class Settings(BaseSettings):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     kv_cache: KVCacheConfig = Field(default_factory=KVCacheConfig)
+    providers: list[ProviderConfig] = Field(
+        default_factory=list, description="Upstream OpenAI-compatible APIs (docs/router.md)."
+    )
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
 
     @property
     def database_url(self) -> str:
@@ -342,9 +355,19 @@ class Settings(BaseSettings):
                 seen.add(name)
         return models
 
+    @field_validator("providers")
+    @classmethod
+    def _unique_providers(cls, providers: list[ProviderConfig]) -> list[ProviderConfig]:
+        names = [p.name for p in providers]
+        for name in names:
+            if name == "local" or names.count(name) > 1:
+                raise ValueError(f"provider name {name!r} is reserved or used twice")
+        return providers
+
 
 FLAT_ENV_ALIASES: dict[str, tuple[str, str]] = {
     "HELIXFLOW_DATABASE_URL": ("database", "url"),
+    "HELIXFLOW_REDIS_URL": ("redis", "url"),
 }
 """Well-known single-level variables, read below their ``__`` spellings."""
 

@@ -137,6 +137,52 @@ class ServiceUnavailableError(HelixFlowError):
     default_code = "service_unavailable"
 
 
+class UpstreamError(HelixFlowError):
+    """An upstream provider (or a local target) failed; the message names the target.
+
+    ``retryable``: the same target may answer if asked again (connect errors, 408, 429, 5xx);
+    ``target_fault``: the failure counts against the target's health and is worth a fallback
+    (everything but a request the upstream refused as invalid).
+    """
+
+    status_code = 502
+    error_type = "upstream_error"
+    default_code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        target: str,
+        status_code: int = 502,
+        upstream_status: int | None = None,
+        retryable: bool = True,
+        target_fault: bool = True,
+        retry_after: float | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else None
+        super().__init__(message, code=code, param=param, headers=headers)
+        self.status_code = status_code
+        if error_type is not None:
+            self.error_type = error_type
+        self.target = target
+        self.upstream_status = upstream_status
+        self.retryable = retryable
+        self.target_fault = target_fault
+        self.retry_after = retry_after
+
+
+class NoTargetAvailableError(HelixFlowError):
+    """Every target that could serve the request is unhealthy or over capacity."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "no_target_available"
+
+
 # The error class for each status a framework may raise by itself (unknown URL, wrong method).
 ERRORS_BY_STATUS: dict[int, type[HelixFlowError]] = {
     cls.status_code: cls

@@ -42,6 +42,12 @@ def test_models_list(http: httpx.Client) -> None:
     body = response.json()
     assert body["object"] == "list"
     cards = {card["id"]: card for card in body["data"]}
+    groups = {name: card for name, card in cards.items() if card["kind"] == "group"}
+    assert sorted(groups) == ["auto"]  # the default group spans the generation models
+    assert set(groups["auto"]["targets"]) == {
+        f"local/{model}" for model in CONFIGURED if model != EMBEDDING_MODEL
+    }
+    cards = {name: card for name, card in cards.items() if name not in groups}
     assert sorted(cards) == sorted(CONFIGURED)
     for card in cards.values():
         assert card["object"] == "model"

@@ -27,6 +27,7 @@ TABLES = {
     "agent_model_assignments",
     "audit_log",
     "kv_sessions",
+    "alerts",
 }
 
 

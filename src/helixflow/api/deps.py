@@ -6,11 +6,13 @@ from typing import cast
 
 from fastapi import Request
 
+from helixflow.api.openai.gateway import Gateway
 from helixflow.api.openai.serving_chat import ChatService
 from helixflow.api.openai.serving_completions import CompletionService
 from helixflow.api.openai.serving_embeddings import EmbeddingService
 from helixflow.config import Settings
 from helixflow.engine.registry import EngineRegistry
+from helixflow.router.router import Router
 from helixflow.store.runtime import Store
 
 
@@ -32,6 +34,14 @@ def get_completion_service(request: Request) -> CompletionService:
 
 def get_embedding_service(request: Request) -> EmbeddingService:
     return cast(EmbeddingService, request.app.state.embedding_service)
+
+
+def get_gateway(request: Request) -> Gateway:
+    return cast(Gateway, request.app.state.gateway)
+
+
+def get_router(request: Request) -> Router:
+    return cast(Router, request.app.state.router)
 
 
 def get_store(request: Request) -> Store:

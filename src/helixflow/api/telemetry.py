@@ -21,8 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helixflow.engine.base import Delta, GenerationStream
 from helixflow.errors import HelixFlowError
+from helixflow.router.catalogue import Target
 from helixflow.store.schema import utcnow
-from helixflow.store.telemetry.events import InferenceEvent
+from helixflow.store.telemetry.events import InferenceEvent, TelemetryEvent
 
 RECORDED_ENDPOINTS = {
     "/v1/chat/completions": "chat.completions",
@@ -38,7 +39,7 @@ _MAX_ERROR_BODY = 64 * 1024
 
 
 class EventRecorder(Protocol):
-    def record(self, event: InferenceEvent) -> None: ...
+    def record(self, event: TelemetryEvent) -> None: ...
 
 
 @dataclass(slots=True)
@@ -63,13 +64,23 @@ class RequestRecord:
     finish_reason: str | None = None
     error_type: str | None = None
     error_code: str | None = None
+    cache_hit: bool = False
+    target: Target | None = None
+    """The target that served it, for its prices."""
 
     def serving(
-        self, *, served_model: str, prompt_tokens: int, provider: str = LOCAL_PROVIDER
+        self, *, served_model: str, prompt_tokens: int, provider: str | None = LOCAL_PROVIDER
     ) -> None:
         self.served_model = served_model
         self.provider = provider
         self.prompt_tokens = prompt_tokens
+
+    def retry(self) -> None:
+        """A new attempt (on another target, or the same one again) starts from scratch."""
+        self.error_type = self.error_code = None
+        self.first_token_at = None
+        self.finish_reason = None
+        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
 
     def fail(self, exc: HelixFlowError) -> None:
         self.error_type = exc.error_type
@@ -118,6 +129,12 @@ class RequestRecord:
             cached_tokens=self.cached_tokens,
             ttft_ms=ttft,
             streamed=self.streamed,
+            cache_hit=self.cache_hit,
+            cost_usd=(
+                0.0
+                if self.target is None or self.cache_hit
+                else round(self.target.cost(self.prompt_tokens, self.completion_tokens), 10)
+            ),
         )
 
 

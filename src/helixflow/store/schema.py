@@ -190,6 +190,31 @@ class RoutingDecision(Base):
     decision_ms: Mapped[float | None] = mapped_column(Double)
 
 
+class Alert(Base):
+    """A router alert (error rate, latency p95, open circuits): one row from firing to resolved."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        CheckConstraint("severity IN ('warning', 'critical')", name="severity"),
+        CheckConstraint("state IN ('firing', 'resolved')", name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, Identity(), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(
+        Timestamp, default=utcnow, server_default=func.current_timestamp(), index=True
+    )
+    rule: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(256))
+    """None for a rule over every target (open circuits)."""
+    severity: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default="firing")
+    value: Mapped[float] = mapped_column(Double)
+    threshold: Mapped[float] = mapped_column(Double)
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    resolved_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
 # --- agents ----------------------------------------------------------------------------------
 
 

@@ -412,6 +412,13 @@ class ModelCard(BaseModel):
     owned_by: str
     context_window: int | None = None
     aliases: list[str] = Field(default_factory=list)
+    kind: Literal["model", "group"] = Field(
+        default="model", description="`group`: a virtual model; the router picks a target."
+    )
+    targets: list[str] = Field(
+        default_factory=list,
+        description="Where requests for this name may go (`provider/model`), in no order.",
+    )
 
 
 class ModelList(BaseModel):
