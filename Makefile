@@ -12,13 +12,14 @@ LLAMA_CMAKE_ARGS ?= $(shell scripts/ggml_cpu_flags.sh)
 LLAMA_WHEELS     ?= $(HOME)/.cache/helixflow/llama-wheels/$(shell echo '$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS)' | sha1sum | cut -c1-12)
 PIP_INSTALL       = $(BIN)/pip install --quiet --find-links $(LLAMA_WHEELS)
 
-.PHONY: serve test lint format typecheck check bench llama-server clean help
+.PHONY: serve test lint format typecheck check bench bench-gateway llama-server clean help
 
 help:
 	@echo "make serve       create .venv, install, start the server with the bundled model"
 	@echo "make test        create .venv, install dev extras, run the whole test suite"
 	@echo "make check       ruff + mypy"
 	@echo "make bench       run benchmarks/engine_throughput.py against the peers"
+	@echo "make bench-gateway  run benchmarks/gateway_overhead.py (direct, HelixFlow, LiteLLM)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +71,9 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 bench: $(VENV)/.installed-bench
 	benchmarks/build_llama_server.sh
 	$(BIN)/python benchmarks/engine_throughput.py $(ARGS)
+
+bench-gateway: $(VENV)/.installed
+	$(BIN)/python benchmarks/gateway_overhead.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from helixflow.api import health
 from helixflow.api.admin.alerts import router as alerts_router
 from helixflow.api.admin.analytics import router as analytics_router
 from helixflow.api.admin.assignments import router as assignments_router
+from helixflow.api.admin.decisions import router as decisions_router
 from helixflow.api.admin.routing import router as routing_router
 from helixflow.api.errors import install_error_handlers
 from helixflow.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
@@ -110,4 +111,5 @@ def create_app(settings: Settings, given: Store | None = None) -> FastAPI:
     app.include_router(routing_router)
     app.include_router(assignments_router)
     app.include_router(alerts_router)
+    app.include_router(decisions_router)
     return app

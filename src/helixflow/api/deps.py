@@ -1,4 +1,7 @@
-"""FastAPI dependencies: reach the services the lifespan built on ``app.state``."""
+"""FastAPI dependencies: reach the services the lifespan built on ``app.state``.
+
+They are ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread, which cost
+about 30 µs per dependency per request on the proxy path."""
 
 from __future__ import annotations
 
@@ -20,29 +23,29 @@ def get_settings(request: Request) -> Settings:
     return cast(Settings, request.app.state.settings)
 
 
-def get_engines(request: Request) -> EngineRegistry:
+async def get_engines(request: Request) -> EngineRegistry:
     return cast(EngineRegistry, request.app.state.engines)
 
 
-def get_chat_service(request: Request) -> ChatService:
+async def get_chat_service(request: Request) -> ChatService:
     return cast(ChatService, request.app.state.chat_service)
 
 
-def get_completion_service(request: Request) -> CompletionService:
+async def get_completion_service(request: Request) -> CompletionService:
     return cast(CompletionService, request.app.state.completion_service)
 
 
-def get_embedding_service(request: Request) -> EmbeddingService:
+async def get_embedding_service(request: Request) -> EmbeddingService:
     return cast(EmbeddingService, request.app.state.embedding_service)
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     return cast(Gateway, request.app.state.gateway)
 
 
-def get_router(request: Request) -> Router:
+async def get_router(request: Request) -> Router:
     return cast(Router, request.app.state.router)
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return cast(Store, request.app.state.store)

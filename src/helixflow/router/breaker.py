@@ -73,6 +73,12 @@ class CircuitBreaker:
         ):
             self._open(now)
 
+    def release(self) -> None:
+        """An acquired request ended saying nothing of the target (the client left): give
+        back its half-open trial slot, without closing or opening the circuit."""
+        if self._state == "half_open":
+            self._trials = max(0, self._trials - 1)
+
     def force(self, state: CircuitState) -> None:
         """An operator's override: ``closed`` forgets past failures, ``open`` drains the
         target for ``open_s`` (then a half-open trial, as usual)."""

@@ -123,8 +123,7 @@ class HealthBoard:
         """Finish an attempt that says nothing of the target's health (the client left)."""
         h = self._health[target.id]
         h.in_flight = max(0, h.in_flight - 1)
-        if h.breaker.state == "half_open":
-            h.breaker.record(True)
+        h.breaker.release()
 
     def force(self, target: Target, state: CircuitState) -> None:
         h = self._health[target.id]

@@ -20,18 +20,19 @@ import pytest
 
 from tests.api.test_telemetry import wait_rows
 from tests.conftest import ServerProcess
-from tests.fake_upstream import FakeUpstream, close_after, hang, ok, status
+from tests.fake_upstream import FakeUpstream, close_after, delay, hang, ok, status
 
 CHAT = "/v1/chat/completions"
 UPSTREAM_CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 ACME_KEY = "sk-acme-test-key-123"
 OPEN_S = 1.5
+NAMES = ("acme", "backup", "flaky", "tiny", "slowpoke")
 
 
 @pytest.fixture(scope="module")
 def fakes() -> Iterator[dict[str, FakeUpstream]]:
-    started = {name: FakeUpstream(name).start() for name in ("acme", "backup", "flaky", "tiny")}
+    started = {name: FakeUpstream(name).start() for name in NAMES}
     yield started
     for fake in started.values():
         fake.stop()
@@ -55,7 +56,17 @@ def gateway(
 ) -> Iterator[ServerProcess]:
     os.environ["ACME_TEST_API_KEY"] = ACME_KEY
     config: dict[str, Any] = {
-        "models": [{"id": "smollm2-135m", "bundled": "smollm2-135m", "parallel": 2}],
+        "models": [
+            {"id": "smollm2-135m", "bundled": "smollm2-135m", "parallel": 2},
+            {
+                "id": "one-slot",
+                "bundled": "smollm2-135m",
+                "parallel": 1,
+                "context_size": 2048,
+                "max_queue": 0,
+                "fallbacks": ["backup-model"],
+            },
+        ],
         "providers": [
             {
                 "name": "acme",
@@ -78,9 +89,18 @@ def gateway(
                 "models": [{"name": "flaky-model", "fallbacks": ["backup-model"]}],
             },
             {
+                "name": "slowpoke",
+                "base_url": fakes["slowpoke"].base_url,
+                "first_byte_timeout_s": 0.5,
+                "models": [{"name": "slow-model", "fallbacks": ["backup-model"]}],
+            },
+            {
                 "name": "tiny",
                 "base_url": fakes["tiny"].base_url,
-                "models": [{"name": "tiny-model", "capabilities": ["chat"], "context_window": 64}],
+                "models": [
+                    {"name": "tiny-model", "capabilities": ["chat"], "context_window": 64},
+                    {"name": "tiny-embed", "capabilities": ["embeddings"]},
+                ],
             },
         ],
         "router": {
@@ -210,6 +230,14 @@ def test_text_completions_and_embeddings_go_upstream(
     completion = client.completions.create(model="gpt-4o-mini", prompt="Hi", max_tokens=8)
     assert completion.choices[0].text == "Hello from acme."
     assert fakes["acme"].count("/v1/completions") == 1
+    raw = client.embeddings.with_raw_response.create(model="tiny-embed", input=["a", "b"])
+    embeddings = raw.parse()
+    assert raw.headers["x-helixflow-target"] == "tiny/tiny-embed"
+    assert [len(e.embedding) for e in embeddings.data] == [8, 8]
+    assert fakes["tiny"].count("/v1/embeddings") == 1
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model="tiny-model", input="a")
+    assert refused.value.code == "wrong_model_type"
 
 
 # --- retries and fallbacks -------------------------------------------------------------------
@@ -336,16 +364,101 @@ def test_a_stream_that_breaks_after_tokens_is_not_retried(
     assert fakes["backup"].count() == 0
 
 
-def test_a_slow_provider_times_out_into_the_fallback_when_configured(
+def test_a_slow_provider_times_out_into_the_fallback(
+    gateway: ServerProcess, http: httpx.Client, fakes: dict[str, FakeUpstream]
+) -> None:
+    fakes["slowpoke"].set_default(delay(2.0))
+    try:
+        response = chat(http, "slow-model")
+    finally:
+        fakes["slowpoke"].set_default(ok())
+    assert response.status_code == 200
+    assert response.headers["x-helixflow-target"] == "backup/backup-model"
+    (decision,) = wait_rows(
+        gateway.database_url,
+        table_name="routing_decisions",
+        request_id=response.headers["x-request-id"],
+    )
+    assert [a.get("error") for a in decision["attempts"][:2]] == ["upstream_timeout"] * 2
+
+
+def test_a_client_giving_up_on_a_hanging_provider_frees_it(
     http: httpx.Client, fakes: dict[str, FakeUpstream]
 ) -> None:
-    # Not configured here: a hanging provider is cut by the client instead; the gateway
-    # must release it (no 500, the next request is served).
     fakes["acme"].enqueue(hang())
     with pytest.raises(httpx.ReadTimeout):
         http.post(CHAT, json={"model": "gpt-4o-mini", "messages": MESSAGES}, timeout=0.5)
     fakes["acme"].reset()
+    deadline = time.monotonic() + 10
+    while targets(http)["acme/gpt-4o-mini"]["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state = targets(http)["acme/gpt-4o-mini"]
+    assert state["in_flight"] == 0
+    assert state["circuit"] == "closed"
     assert chat(http, "gpt-4o-mini").status_code == 200
+
+
+def test_a_busy_local_model_falls_back_to_a_provider(http: httpx.Client) -> None:
+    hold = {
+        "model": "one-slot",
+        "messages": MESSAGES,
+        "max_tokens": 1500,
+        "ignore_eos": True,  # holds the only slot until the stream is closed
+        "stream": True,
+    }
+    with http.stream("POST", CHAT, json=hold) as holding:
+        assert holding.headers["x-helixflow-target"] == "local/one-slot"
+        lines = holding.iter_lines()
+        next(lines)  # the slot is taken while this stream is open
+        response = chat(http, "one-slot")
+        assert response.status_code == 200
+        assert response.headers["x-helixflow-target"] == "backup/backup-model"
+        assert response.json()["choices"][0]["message"]["content"] == "Hello from backup."
+
+
+def test_upstream_requests_are_recorded_with_their_cost(
+    gateway: ServerProcess, http: httpx.Client
+) -> None:
+    response = chat(http, "gpt-4o-mini", user="carol")
+    usage = response.json()["usage"]
+    (row,) = wait_rows(gateway.database_url, request_id=response.headers["x-request-id"])
+    assert row["provider"] == "acme"
+    assert row["served_model"] == "gpt-4o-mini"
+    assert row["prompt_tokens"] == usage["prompt_tokens"]
+    assert row["completion_tokens"] == usage["completion_tokens"] == 4
+    expected = (usage["prompt_tokens"] * 150 + usage["completion_tokens"] * 600) / 1e6
+    assert row["cost_usd"] == pytest.approx(expected)
+    streamed = chat(http, "gpt-4o-mini", stream=True)
+    (row,) = wait_rows(gateway.database_url, request_id=streamed.headers["x-request-id"])
+    assert row["streamed"] is True
+    assert row["completion_tokens"] == 4
+    assert row["ttft_ms"] is not None
+    assert row["ttft_ms"] <= row["latency_ms"]
+
+
+def test_an_agent_follows_its_assignment(http: httpx.Client) -> None:
+    solved = http.post(
+        "/api/v1/router/assign",
+        json={
+            "agents": [
+                {"name": "coder", "capabilities": ["chat", "tools"]},
+                {"name": "chatter", "capabilities": ["chat"]},
+            ],
+            "targets": ["acme/gpt-4o-mini", "backup/backup-model"],
+            "capacity": {"acme/gpt-4o-mini": 1, "backup/backup-model": 1},
+        },
+    )
+    assert solved.status_code == 200, solved.text
+    placed = {a["agent"]: a["target"] for a in solved.json()["assignments"]}
+    assert set(placed) == {"coder", "chatter"}
+    assert set(placed.values()) == {"acme/gpt-4o-mini", "backup/backup-model"}
+    for agent, target in placed.items():
+        for _ in range(3):
+            response = chat(http, "fast", headers={"X-Agent-Id": agent})
+            assert response.headers["x-helixflow-target"] == target
+            assert agent in response.headers["x-helixflow-route-reason"]
+    listed = http.get("/api/v1/router/assignments").json()["data"]
+    assert {a["agent"]: a["target"] for a in listed} == placed
 
 
 # --- circuit breaker -------------------------------------------------------------------------
@@ -501,6 +614,17 @@ def test_an_operator_can_drain_a_target(http: httpx.Client, fakes: dict[str, Fak
     assert bad.json()["error"]["param"] == "state"
     unknown = http.post("/api/v1/router/targets/acme/nope/circuit", json={"state": "open"})
     assert unknown.status_code == 404
+
+
+def test_the_router_state_is_visible(http: httpx.Client) -> None:
+    groups = {g["name"]: g for g in http.get("/api/v1/router/groups").json()["data"]}
+    assert groups["fast"]["strategy"] == "round_robin"
+    state = targets(http)
+    assert state["acme/gpt-4o-mini"]["input_price_per_mtok"] == 150.0
+    assert state["local/smollm2-135m"]["kind"] == "local"
+    alerts = http.get("/api/v1/router/alerts", params={"window": "1h"})
+    assert alerts.status_code == 200
+    assert isinstance(alerts.json()["alerts"], list)
 
 
 def test_an_unknown_model_is_404(http: httpx.Client) -> None:

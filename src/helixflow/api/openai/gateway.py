@@ -128,7 +128,7 @@ class Gateway:
 
         request_id = record.request_id
         try:
-            if call.stream:
+            if call.stream:  # Starlette cancels a stream when its client leaves
                 lease, event = await self._dispatcher.run(plan, attempt, request_id=request_id)
             else:
                 lease, event = await until_disconnected(

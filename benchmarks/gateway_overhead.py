@@ -1,0 +1,1188 @@
+"""Gateway overhead: HelixFlow's router against LiteLLM's proxy, in front of a fast stub upstream.
+
+One run starts ``benchmarks/stub_upstream.py`` (an OpenAI-compatible server that answers at
+once with a fixed small reply, in its own process) and sends the same load to it three ways,
+one target at a time (never two gateways at once):
+
+* **direct**: straight to the stub (the floor: the load generator's and the stub's own cost);
+* **helixflow**: through ``helixflow serve`` (the project's venv), configured with
+  ``providers: [{name: stub, base_url: <stub>/v1, models: [bench-model]}]`` and its defaults
+  otherwise: telemetry on, recording every request into the embedded SQLite database (the
+  production path), in a fresh temporary ``HELIXFLOW_DATA_DIR``; one process. Its default local
+  model is loaded too (a config needs one) but idles;
+* **litellm**: through LiteLLM's proxy (``litellm --config ... --num_workers 1``: one worker,
+  like HelixFlow's single process), from its own venv (``--litellm-venv``, created with
+  ``python -m venv`` + ``pip install 'litellm[proxy]'`` when missing), with ``model_list: [{
+  model_name: bench-model, litellm_params: {model: openai/bench-model, api_base: <stub>/v1}}]``,
+  ``LITELLM_LOCAL_MODEL_COST_MAP=True`` and a random master key (``LITELLM_MASTER_KEY``); no
+  database, so it records nothing (HelixFlow does).
+
+The load: non-streamed ``/v1/chat/completions`` for ``model: "bench-model"`` (one short user
+message) from a closed-loop aiohttp load generator (one ClientSession per target, keep-alive,
+a connection pool as large as the highest concurrency, uvloop where installed): N workers keep
+N requests in flight, each sending its next request when the last one ends, for
+``--duration`` seconds per concurrency level (default 10 s at 1, 16 and 64), or
+``--requests`` requests per level. Before the levels, ``--warmup`` requests at concurrency 16
+(not measured). Then a streamed variant at ``--stream-concurrency`` (default 16; 0 skips it)
+for ``--stream-duration`` seconds: ``stream_options.include_usage``, time to first token
+(first non-empty content delta), whole-stream latency. Every reply is checked: HTTP 200 and the
+stub's exact text (streamed: every token once, in order, a finish reason and ``[DONE]``);
+anything else counts as an error, with the first messages kept.
+
+Reported per target and level: requests/s (successful replies / wall time), latency p50 / p90 /
+p99 in ms, errors, the overhead over direct at p50 (the target's p50 minus direct's at the
+same concurrency), the gateway's CPU per request and CPU % (its whole process group, from
+/proc), the stub's and the load generator's CPU %; per concurrency the requests/s ratio
+HelixFlow / LiteLLM. The issue's targets are marked met / MISSED (only reported; nothing fails
+the run): HelixFlow adds at most 1 ms at p50 for a single request (concurrency 1), and sustains
+at least 5x LiteLLM's requests/s at concurrency 64 with no errors.
+
+Fairness on a small machine: nothing is pinned. The load generator, the stub and the gateway
+share the machine's cores (``nproc`` is printed and stored), so every figure includes the
+others' CPU use; "direct" shows what the load generator and the stub reach alone, and the
+CPU columns show who used what. Run-to-run variation on a shared 2-core machine is about
++-15 %: repeat the run before trusting a small difference.
+
+Examples (the default run takes 2-3 minutes, plus LiteLLM's one-time install):
+  .venv/bin/python benchmarks/gateway_overhead.py
+  .venv/bin/python benchmarks/gateway_overhead.py --skip-litellm --duration 5
+  .venv/bin/python benchmarks/gateway_overhead.py --concurrency 1,64 --requests 2000 \\
+      --json-out benchmarks/results/gateway.json --markdown-out /tmp/gateway.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import os
+import platform
+import secrets
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from _common import free_port, git_commit, stop, track
+from stub_upstream import REPLY_TEXT
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STUB_SCRIPT = Path(__file__).resolve().with_name("stub_upstream.py")
+DEFAULT_JSON_OUT = REPO_ROOT / "benchmarks" / "results" / "gateway_overhead.json"
+DEFAULT_LITELLM_VENV = Path.home() / ".cache" / "helixflow" / "bench-venvs" / "litellm"
+MODEL = "bench-model"
+TARGETS = ("direct", "helixflow", "litellm")
+GATEWAYS = ("helixflow", "litellm")
+# The issue's targets: HelixFlow's p50 overhead at concurrency 1, and its requests/s over
+# LiteLLM's at concurrency 64 (with no errors).
+MAX_OVERHEAD_MS = 1.0
+OVERHEAD_CONCURRENCY = 1
+MIN_RATIO = 5.0
+RATIO_CONCURRENCY = 64
+WARMUP_CONCURRENCY = 16
+PROMPT = "Say hello in five words."
+
+console = Console(width=max(150, shutil.get_terminal_size().columns))
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (numpy's default method); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def group_cpu_seconds(pgid: int) -> float | None:
+    """User + system CPU of every live process in process group ``pgid`` (from /proc)."""
+    total = 0.0
+    found = False
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            found = True
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total if found else None
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU time the whole machine spent busy since boot (all cores, from /proc/stat)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(slots=True)
+class Level:
+    """One concurrency level of one target: every request's outcome."""
+
+    mode: str  # "chat" (non-streamed) or "stream"
+    concurrency: int
+    wall_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    no_usage: int = 0
+    client_cpu_s: float = 0.0
+    gateway_cpu_s: float | None = None
+    stub_cpu_s: float | None = None
+    machine_cpu_s: float | None = None
+    """Busy CPU of the whole machine during the level: the three above and everything else."""
+
+    @property
+    def other_cpu_s(self) -> float | None:
+        """CPU used by other processes on the machine (not the client, gateway or stub)."""
+        if self.machine_cpu_s is None:
+            return None
+        own = self.client_cpu_s + (self.gateway_cpu_s or 0.0) + (self.stub_cpu_s or 0.0)
+        return max(self.machine_cpu_s - own, 0.0)
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def requests(self) -> int:
+        return self.ok + sum(self.errors.values())
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.wall_s if self.wall_s > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        lat, ttft = self.latencies, self.ttfts
+
+        def pct(seconds: float | None) -> float | None:
+            return (
+                None
+                if seconds is None or self.wall_s <= 0
+                else round(100 * seconds / self.wall_s, 1)
+            )
+
+        return {
+            "mode": self.mode,
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "ok": self.ok,
+            "errors": sum(self.errors.values()),
+            "error_samples": [f"{n} x {msg}" for msg, n in self.errors.most_common(3)],
+            "wall_s": round(self.wall_s, 3),
+            "rps": round(self.rps, 1),
+            "latency_mean_ms": _ms(statistics.fmean(lat)) if lat else None,
+            "latency_p50_ms": _ms(percentile(lat, 50)),
+            "latency_p90_ms": _ms(percentile(lat, 90)),
+            "latency_p99_ms": _ms(percentile(lat, 99)),
+            "latency_max_ms": _ms(max(lat)) if lat else None,
+            "ttft_p50_ms": _ms(percentile(ttft, 50)),
+            "ttft_p99_ms": _ms(percentile(ttft, 99)),
+            "stream_without_usage": self.no_usage if self.mode == "stream" else None,
+            "client_cpu_pct": pct(self.client_cpu_s),
+            "gateway_cpu_pct": pct(self.gateway_cpu_s),
+            "gateway_cpu_ms_per_req": (
+                round(1000 * self.gateway_cpu_s / self.ok, 3)
+                if self.gateway_cpu_s is not None and self.ok
+                else None
+            ),
+            "stub_cpu_pct": pct(self.stub_cpu_s),
+            "other_cpu_pct": pct(self.other_cpu_s),
+        }
+
+
+@dataclass(slots=True)
+class TargetRun:
+    name: str
+    command: list[str] = field(default_factory=list)
+    version: str | None = None
+    levels: list[Level] = field(default_factory=list)
+    failed: str | None = None
+    skipped: str | None = None
+    log_file: str | None = None
+    sent: int = 0
+    """Requests sent, warm-up and readiness probe included."""
+    recorded: dict[str, int] | None = None
+    """HelixFlow: rows in its telemetry tables after it stopped (every request recorded?)."""
+
+    def level(self, mode: str, concurrency: int) -> Level | None:
+        return next(
+            (lv for lv in self.levels if lv.mode == mode and lv.concurrency == concurrency), None
+        )
+
+
+@dataclass(slots=True)
+class Settings:
+    concurrency: list[int]
+    duration_s: float
+    requests: int | None
+    warmup: int
+    stream_concurrency: int
+    stream_duration_s: float
+    timeout_s: float
+    ready_timeout_s: float
+    work_dir: Path
+    litellm_venv: Path
+    install_litellm: bool
+
+    @property
+    def pool_size(self) -> int:
+        return max([*self.concurrency, self.stream_concurrency, WARMUP_CONCURRENCY])
+
+
+# --------------------------------------------------------------------------- load generator
+
+
+class Client:
+    """Closed-loop load against one base URL (``.../v1``)."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: str) -> None:
+        self.session = session
+        self.url = base_url + "/chat/completions"
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
+        messages = [{"role": "user", "content": PROMPT}]
+        self.body = orjson.dumps({"model": MODEL, "messages": messages, "max_tokens": 16})
+        self.stream_body = orjson.dumps(
+            {
+                "model": MODEL,
+                "messages": messages,
+                "max_tokens": 16,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        )
+
+    async def chat(self, level: Level) -> None:
+        start = time.perf_counter()
+        try:
+            async with self.session.post(self.url, data=self.body, headers=self.headers) as resp:
+                raw = await resp.read()
+                status = resp.status
+            elapsed = time.perf_counter() - start
+            if status != 200:
+                level.errors[f"HTTP {status}: {raw[:100].decode(errors='replace')}"] += 1
+                return
+            content = orjson.loads(raw)["choices"][0]["message"]["content"]
+            if content != REPLY_TEXT:
+                level.errors[f"wrong content: {str(content)[:60]!r}"] += 1
+                return
+            level.latencies.append(elapsed)
+        except (aiohttp.ClientError, TimeoutError, ValueError, LookupError, TypeError) as exc:
+            level.errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+
+    async def stream(self, level: Level) -> None:
+        start = time.perf_counter()
+        ttft: float | None = None
+        parts: list[str] = []
+        finish = None
+        done = usage = False
+        try:
+            async with self.session.post(
+                self.url, data=self.stream_body, headers=self.headers
+            ) as resp:
+                if resp.status != 200:
+                    raw = await resp.read()
+                    level.errors[f"HTTP {resp.status}: {raw[:100].decode(errors='replace')}"] += 1
+                    return
+                async for line in resp.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        done = True
+                        break
+                    chunk = orjson.loads(payload)
+                    if chunk.get("usage"):
+                        usage = True
+                    for choice in chunk.get("choices") or ():
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            if ttft is None:
+                                ttft = time.perf_counter() - start
+                            parts.append(text)
+                        finish = choice.get("finish_reason") or finish
+            elapsed = time.perf_counter() - start
+        except (aiohttp.ClientError, TimeoutError, ValueError, LookupError, TypeError) as exc:
+            level.errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+            return
+        text = "".join(parts)
+        if not done or finish is None or text != REPLY_TEXT or ttft is None:
+            level.errors[f"bad stream: done={done} finish={finish} text={text[:40]!r}"] += 1
+            return
+        level.latencies.append(elapsed)
+        level.ttfts.append(ttft)
+        level.no_usage += not usage
+
+
+async def run_level(
+    send: Callable[[Level], Any],
+    level: Level,
+    duration_s: float | None,
+    requests: int | None,
+    pids: tuple[int | None, int | None],
+) -> Level:
+    """``level.concurrency`` workers, each sending its next request when the last one ends,
+    until ``requests`` were sent or ``duration_s`` passed."""
+    issued = 0
+    deadline = 0.0
+
+    async def worker() -> None:
+        nonlocal issued
+        while True:
+            if requests is not None:
+                if issued >= requests:
+                    return
+                issued += 1
+            elif time.perf_counter() >= deadline:
+                return
+            await send(level)
+
+    gateway_pid, stub_pid = pids
+    gw0 = group_cpu_seconds(gateway_pid) if gateway_pid else None
+    stub0 = group_cpu_seconds(stub_pid) if stub_pid else None
+    machine0 = machine_busy_seconds()
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    deadline = start + (duration_s or 0.0)
+    await asyncio.gather(*(worker() for _ in range(level.concurrency)))
+    level.wall_s = time.perf_counter() - start
+    level.client_cpu_s = time.process_time() - cpu0
+    if machine0 is not None and (machine1 := machine_busy_seconds()) is not None:
+        level.machine_cpu_s = machine1 - machine0
+    if gw0 is not None and gateway_pid and (gw1 := group_cpu_seconds(gateway_pid)) is not None:
+        level.gateway_cpu_s = gw1 - gw0
+    if stub0 is not None and stub_pid and (stub1 := group_cpu_seconds(stub_pid)) is not None:
+        level.stub_cpu_s = stub1 - stub0
+    return level
+
+
+async def measure(
+    run: TargetRun,
+    base_url: str,
+    api_key: str,
+    settings: Settings,
+    pids: tuple[int | None, int | None],
+) -> None:
+    connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        client = Client(session, base_url, api_key)
+        if settings.warmup:
+            warm = await run_level(
+                client.chat, Level("chat", WARMUP_CONCURRENCY), None, settings.warmup, pids
+            )
+            run.sent += warm.requests
+            if warm.errors:
+                msg, n = warm.errors.most_common(1)[0]
+                raise RuntimeError(f"warm-up: {n} of {warm.requests} failed: {msg}")
+        for concurrency in settings.concurrency:
+            level = await run_level(
+                client.chat,
+                Level("chat", concurrency),
+                settings.duration_s,
+                settings.requests,
+                pids,
+            )
+            run.levels.append(level)
+            run.sent += level.requests
+            _progress(run.name, level)
+        if settings.stream_concurrency:
+            level = await run_level(
+                client.stream,
+                Level("stream", settings.stream_concurrency),
+                settings.stream_duration_s,
+                None,
+                pids,
+            )
+            run.levels.append(level)
+            run.sent += level.requests
+            _progress(run.name, level)
+
+
+def _progress(name: str, level: Level) -> None:
+    s = level.summary()
+    errors = f", [red]{s['errors']} errors[/red]" if s["errors"] else ""
+    console.print(
+        f"  {name} {level.mode} c={level.concurrency}: {s['ok']} ok in {s['wall_s']:.1f} s, "
+        f"{s['rps']:,.0f} req/s, p50 {s['latency_p50_ms']} ms{errors}"
+    )
+
+
+def run_async(coro: Any) -> Any:
+    """Run on uvloop where installed (as the servers do), else asyncio's loop."""
+    try:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class NotReady(RuntimeError):
+    pass
+
+
+def http_status(url: str, *, body: bytes | None = None, api_key: str = "unused") -> tuple[int, str]:
+    """One blocking request: (status, start of the body); status 0 when nothing answered."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
+    req = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(resp.status), resp.read(300).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read(300).decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, limit_s: float, name: str) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise NotReady(f"{name} exited with code {proc.returncode}")
+        if http_status(url)[0] == 200:
+            return
+        time.sleep(0.25)
+    raise NotReady(f"{name} not ready after {limit_s:.0f} s")
+
+
+@contextlib.contextmanager
+def server_process(
+    name: str, cmd: list[str], env: dict[str, str], work_dir: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    log_file = work_dir / f"{name}.log"
+    with log_file.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=work_dir, env=env,
+        )  # fmt: skip
+    track(proc)
+    try:
+        yield proc, log_file
+    finally:
+        stop(proc)
+
+
+def probe_chat(base_url: str, api_key: str) -> None:
+    """One request for the bench model; NotReady unless it answers 200 with the stub's text."""
+    body = orjson.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 16}
+    )
+    code, text = http_status(base_url + "/chat/completions", body=body, api_key=api_key)
+    if code != 200:
+        raise NotReady(f"{MODEL} answered HTTP {code}: {text[:200]}")
+    if REPLY_TEXT not in text:
+        raise NotReady(f"unexpected reply: {text[:200]}")
+
+
+def helixflow_python() -> Path:
+    venv_python = REPO_ROOT / ".venv" / "bin" / "python"
+    return venv_python if venv_python.exists() else Path(sys.executable)
+
+
+def helixflow_target(stub_url: str, settings: Settings) -> tuple[list[str], dict[str, str], str]:
+    """(command, environment, readiness URL) of ``helixflow serve`` with the stub as provider."""
+    port = free_port()
+    config = {
+        "providers": [{"name": "stub", "base_url": stub_url + "/v1", "models": [MODEL]}],
+        "telemetry": {"enabled": True},
+    }
+    config_file = settings.work_dir / "helixflow.yaml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    cmd = [str(helixflow_python()), "-m", "helixflow", "serve", "--config", str(config_file)]
+    cmd += ["--port", str(port)]
+    # HELIXFLOW_* variables outrank the config file: keep the caller's out of the run.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELIXFLOW_")}
+    env["HELIXFLOW_DATA_DIR"] = str(settings.work_dir / "helixflow-data")
+    return cmd, env, f"http://127.0.0.1:{port}"
+
+
+def count_rows(db_file: Path, tables: Sequence[str]) -> dict[str, int] | None:
+    """Rows per table of a SQLite file (tables that do not exist are left out)."""
+    if not db_file.exists():
+        return None
+    out: dict[str, int] = {}
+    with contextlib.closing(sqlite3.connect(f"file:{db_file}?mode=ro", uri=True)) as conn:
+        for table in tables:
+            with contextlib.suppress(sqlite3.Error):
+                out[table] = int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
+    return out
+
+
+def ensure_litellm(settings: Settings) -> Path | None:
+    """LiteLLM's ``litellm`` script, installing it into its own venv if missing (None: absent
+    and not to be installed)."""
+    venv = settings.litellm_venv
+    script = venv / "bin" / "litellm"
+    if script.exists():
+        return script
+    if not settings.install_litellm:
+        return None
+    log = settings.work_dir / "litellm-install.log"
+    console.print(
+        f"installing LiteLLM's proxy into {venv} (once; a few minutes; log: {log})", style="bold"
+    )
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        for cmd in (
+            [sys.executable, "-m", "venv", str(venv)],
+            [str(venv / "bin" / "pip"), "install", "--quiet", "litellm[proxy]"],
+        ):
+            subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True)
+    return script
+
+
+def litellm_version(script: Path) -> str | None:
+    code = "import importlib.metadata as m; print(m.version('litellm'))"
+    try:
+        out = subprocess.run(
+            [str(script.with_name("python")), "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def litellm_target(
+    script: Path, stub_url: str, settings: Settings, master_key: str
+) -> tuple[list[str], dict[str, str], str]:
+    port = free_port()
+    config = {
+        "model_list": [
+            {
+                "model_name": MODEL,
+                "litellm_params": {
+                    "model": f"openai/{MODEL}",
+                    "api_base": stub_url + "/v1",
+                    "api_key": "dummy",
+                },
+            }
+        ]
+    }
+    config_file = settings.work_dir / "litellm.yaml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    cmd = [str(script), "--config", str(config_file), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--num_workers", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env |= {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MASTER_KEY": master_key}
+    return cmd, env, f"http://127.0.0.1:{port}"
+
+
+def run_gateway(
+    run: TargetRun,
+    cmd: list[str],
+    env: dict[str, str],
+    url: str,
+    ready_path: str,
+    api_key: str,
+    settings: Settings,
+    stub_pid: int,
+) -> None:
+    run.command = cmd
+    console.print("  " + " ".join(cmd), style="dim", soft_wrap=True, markup=False)
+    with server_process(run.name, cmd, env, settings.work_dir) as (proc, log_file):
+        run.log_file = str(log_file)
+        try:
+            wait_ready(proc, url + ready_path, settings.ready_timeout_s, run.name)
+            run.sent += 1
+            probe_chat(url + "/v1", api_key)
+            run_async(measure(run, url + "/v1", api_key, settings, (proc.pid, stub_pid)))
+        except Exception as exc:  # report it and go on with the next target
+            run.failed = f"{type(exc).__name__}: {exc}"
+            console.print(f"[red]{run.name} failed:[/red] {escape(run.failed)}; log: {log_file}")
+    time.sleep(1)  # let the CPU settle before the next target
+
+
+def run_all(targets: Sequence[str], settings: Settings) -> dict[str, TargetRun]:
+    runs: dict[str, TargetRun] = {}
+    stub_port = free_port()
+    stub_url = f"http://127.0.0.1:{stub_port}"
+    stub_cmd = [sys.executable, str(STUB_SCRIPT), "--port", str(stub_port)]
+    with server_process("stub", stub_cmd, dict(os.environ), settings.work_dir) as (stub, log):
+        wait_ready(stub, stub_url + "/v1/models", 30, "stub upstream")
+        for name in targets:
+            run = runs[name] = TargetRun(name)
+            console.rule(f"[bold]{name}")
+            if name == "direct":
+                run.command = stub_cmd
+                try:
+                    run_async(measure(run, stub_url + "/v1", "unused", settings, (None, stub.pid)))
+                except Exception as exc:
+                    run.failed = f"{type(exc).__name__}: {exc}"
+                    console.print(f"[red]direct failed:[/red] {escape(run.failed)}; log: {log}")
+            elif name == "helixflow":
+                cmd, env, url = helixflow_target(stub_url, settings)
+                with contextlib.suppress(PackageNotFoundError):
+                    run.version = version("helixflow")
+                run_gateway(run, cmd, env, url, "/ready", "unused", settings, stub.pid)
+                run.recorded = count_rows(
+                    settings.work_dir / "helixflow-data" / "helixflow.db",
+                    ("inference_requests", "routing_decisions"),
+                )
+            else:
+                try:
+                    script = ensure_litellm(settings)
+                except (OSError, subprocess.CalledProcessError) as exc:
+                    run.failed = f"installing LiteLLM failed: {exc}"
+                    console.print(f"[red]{escape(run.failed)}[/red]")
+                    continue
+                if script is None:
+                    run.skipped = f"{settings.litellm_venv} has no litellm (--no-install)"
+                    console.print(f"[yellow]skipping litellm:[/yellow] {escape(run.skipped)}")
+                    continue
+                run.version = litellm_version(script)
+                key = "sk-bench-" + secrets.token_hex(16)
+                cmd, env, url = litellm_target(script, stub_url, settings, key)
+                run_gateway(run, cmd, env, url, "/health/readiness", key, settings, stub.pid)
+    return runs
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def overhead_ms(runs: dict[str, TargetRun], name: str, mode: str, c: int, key: str) -> float | None:
+    """``key`` (a latency in ms) of target ``name`` minus direct's at the same level."""
+    mine, base = runs.get(name), runs.get("direct")
+    a = mine.level(mode, c) if mine else None
+    b = base.level(mode, c) if base else None
+    if a is None or b is None:
+        return None
+    x, y = a.summary()[key], b.summary()[key]
+    return None if x is None or y is None else round(x - y, 3)
+
+
+def ratio(runs: dict[str, TargetRun], c: int) -> float | None:
+    hf, ll = runs.get("helixflow"), runs.get("litellm")
+    a = hf.level("chat", c) if hf else None
+    b = ll.level("chat", c) if ll else None
+    if a is None or b is None or b.rps <= 0:
+        return None
+    return a.rps / b.rps
+
+
+def verdicts(runs: dict[str, TargetRun], settings: Settings) -> list[dict[str, Any]]:
+    out = []
+    if OVERHEAD_CONCURRENCY in settings.concurrency:
+        value = overhead_ms(runs, "helixflow", "chat", OVERHEAD_CONCURRENCY, "latency_p50_ms")
+        out.append(
+            {
+                "target": f"HelixFlow adds <= {MAX_OVERHEAD_MS:g} ms at p50, concurrency "
+                f"{OVERHEAD_CONCURRENCY}",
+                "value": None if value is None else f"{value:+.3f} ms",
+                "met": None if value is None else value <= MAX_OVERHEAD_MS,
+            }
+        )
+    if RATIO_CONCURRENCY in settings.concurrency:
+        value = ratio(runs, RATIO_CONCURRENCY)
+        hf = runs.get("helixflow")
+        level = hf.level("chat", RATIO_CONCURRENCY) if hf else None
+        errors = sum(level.errors.values()) if level else None
+        out.append(
+            {
+                "target": f"HelixFlow >= {MIN_RATIO:g}x LiteLLM's req/s at concurrency "
+                f"{RATIO_CONCURRENCY}, no errors",
+                "value": None if value is None else f"{value:.2f}x, {errors} errors",
+                "met": None if value is None else value >= MIN_RATIO and errors == 0,
+            }
+        )
+    return out
+
+
+CHAT_HEADERS = [
+    "target", "conc", "requests", "errors", "req/s", "p50 ms", "p90 ms", "p99 ms",
+    "p50 over direct ms", "gateway CPU ms/req", "gateway CPU %", "stub CPU %", "client CPU %",
+    "other CPU %",
+]  # fmt: skip
+STREAM_HEADERS = [
+    "target", "conc", "requests", "errors", "req/s", "TTFT p50 ms", "TTFT p99 ms",
+    "TTFT p50 over direct ms", "latency p50 ms", "no usage", "gateway CPU ms/req", "other CPU %",
+]  # fmt: skip
+CPU_NOTE = (
+    "CPU % is of one core, over the level's wall time: the gateway's process group, the stub, "
+    'the load generator, and every other process on the machine ("other")'
+)
+BUSY_OTHER_PCT = 20.0
+"""Other processes' CPU % above which a level is flagged as measured on a busy machine."""
+RATIO_HEADERS = [
+    "conc", "HelixFlow req/s", "LiteLLM req/s", "HelixFlow / LiteLLM",
+    "HelixFlow p50 over direct ms", "LiteLLM p50 over direct ms",
+]  # fmt: skip
+
+
+def chat_rows(runs: dict[str, TargetRun], settings: Settings) -> list[list[str]]:
+    rows = []
+    for name, run in runs.items():
+        for c in settings.concurrency:
+            level = run.level("chat", c)
+            if level is None:
+                continue
+            s = level.summary()
+            over = (
+                overhead_ms(runs, name, "chat", c, "latency_p50_ms") if name != "direct" else None
+            )
+            rows.append(
+                [
+                    name,
+                    str(c),
+                    str(s["requests"]),
+                    str(s["errors"]),
+                    _fmt(s["rps"]),
+                    _fmt(s["latency_p50_ms"], 2),
+                    _fmt(s["latency_p90_ms"], 2),
+                    _fmt(s["latency_p99_ms"], 2),
+                    _fmt(over, 2),
+                    _fmt(s["gateway_cpu_ms_per_req"], 2),
+                    _fmt(s["gateway_cpu_pct"]),
+                    _fmt(s["stub_cpu_pct"]),
+                    _fmt(s["client_cpu_pct"]),
+                    _fmt(s["other_cpu_pct"]),
+                ]
+            )
+    return rows
+
+
+def stream_rows(runs: dict[str, TargetRun], settings: Settings) -> list[list[str]]:
+    rows = []
+    c = settings.stream_concurrency
+    for name, run in runs.items():
+        level = run.level("stream", c)
+        if level is None:
+            continue
+        s = level.summary()
+        over = overhead_ms(runs, name, "stream", c, "ttft_p50_ms") if name != "direct" else None
+        rows.append(
+            [
+                name,
+                str(c),
+                str(s["requests"]),
+                str(s["errors"]),
+                _fmt(s["rps"]),
+                _fmt(s["ttft_p50_ms"], 2),
+                _fmt(s["ttft_p99_ms"], 2),
+                _fmt(over, 2),
+                _fmt(s["latency_p50_ms"], 2),
+                str(s["stream_without_usage"]),
+                _fmt(s["gateway_cpu_ms_per_req"], 2),
+                _fmt(s["other_cpu_pct"]),
+            ]
+        )
+    return rows
+
+
+def ratio_rows(runs: dict[str, TargetRun], settings: Settings) -> list[list[str]]:
+    rows = []
+    for c in settings.concurrency:
+        cells = [str(c)]
+        for name in GATEWAYS:
+            run = runs.get(name)
+            level = run.level("chat", c) if run else None
+            cells.append("—" if level is None else _fmt(level.rps))
+        value = ratio(runs, c)
+        cells.append("—" if value is None else f"{value:.2f}x")
+        cells += [
+            _fmt(overhead_ms(runs, name, "chat", c, "latency_p50_ms"), 2) for name in GATEWAYS
+        ]
+        rows.append(cells)
+    return rows
+
+
+def _table(title: str, headers: list[str], rows: list[list[str]], caption: str = "") -> Table:
+    table = Table(title=title, caption=caption or None)
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _mark(met: bool | None) -> str:
+    return "—" if met is None else ("met" if met else "MISSED")
+
+
+def print_report(runs: dict[str, TargetRun], settings: Settings, meta: dict[str, Any]) -> None:
+    console.rule("[bold]results")
+    console.print(
+        f"{meta['cpus']} CPUs (nproc), shared by the load generator, the stub and the gateway "
+        "(nothing pinned); " + _load_note(settings),
+        style="dim",
+    )
+    console.print(
+        _table("non-streamed chat completions", CHAT_HEADERS, chat_rows(runs, settings), CPU_NOTE)
+    )
+    if any(run.level("stream", settings.stream_concurrency) for run in runs.values()):
+        console.print(
+            _table(
+                "streamed chat completions (include_usage)",
+                STREAM_HEADERS,
+                stream_rows(runs, settings),
+            )
+        )
+    if all(name in runs for name in GATEWAYS):
+        console.print(_table("HelixFlow / LiteLLM", RATIO_HEADERS, ratio_rows(runs, settings)))
+    busy = busy_levels(runs)
+    if busy:
+        console.print(
+            f"[yellow]other processes used more than {BUSY_OTHER_PCT:g} % of a core during "
+            f"{', '.join(busy)}:[/yellow] those figures are lower than on an idle machine; "
+            "run again when it is quiet"
+        )
+    for v in verdicts(runs, settings):
+        style = {True: "green", False: "red", None: "yellow"}[v["met"]]
+        console.print(
+            f"target: {v['target']}: [{style}]{_mark(v['met'])}[/{style}] ({v['value'] or 'n/a'})"
+        )
+    for name, run in runs.items():
+        for level in run.levels:
+            for msg, n in level.errors.most_common(3):
+                console.print(
+                    f"  [red]{name} {level.mode} c={level.concurrency}:[/red] {n} x {escape(msg)}"
+                )
+        if run.recorded is not None:
+            console.print(f"{name}: {recorded_note(run)}")
+        if run.failed:
+            console.print(f"[red]{name} failed:[/red] {escape(run.failed)} (log: {run.log_file})")
+        if run.skipped:
+            console.print(f"[yellow]{name} skipped:[/yellow] {escape(run.skipped)}")
+
+
+def busy_levels(runs: dict[str, TargetRun]) -> list[str]:
+    """Levels during which other processes used a noticeable share of the machine."""
+    out = []
+    for name, run in runs.items():
+        for level in run.levels:
+            other = level.summary()["other_cpu_pct"]
+            if other is not None and other > BUSY_OTHER_PCT:
+                out.append(f"{name} {level.mode} c={level.concurrency} ({other:.0f} %)")
+    return out
+
+
+def recorded_note(run: TargetRun) -> str:
+    rows = ", ".join(f"{n:,} rows in {table}" for table, n in (run.recorded or {}).items())
+    return f"{rows or 'no telemetry tables'} after {run.sent:,} requests sent (warm-up included)"
+
+
+def _load_note(settings: Settings) -> str:
+    per_level = (
+        f"{settings.requests} requests" if settings.requests else f"{settings.duration_s:g} s"
+    )
+    text = f"{per_level} per level after {settings.warmup} warm-up requests"
+    if settings.stream_concurrency:
+        text += f"; streamed: {settings.stream_duration_s:g} s at c={settings.stream_concurrency}"
+    return text
+
+
+def markdown(runs: dict[str, TargetRun], settings: Settings, meta: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    out = [
+        f"Measured {meta['date']} on {meta['cpus']} CPUs ({meta['machine']}), shared by the "
+        f"load generator, the stub and the gateway (nothing pinned); commit "
+        f"{meta['git_commit']}; {versions}. {_load_note(settings)}. LiteLLM: one worker "
+        "(`--num_workers 1`), no database; HelixFlow: one process, telemetry into SQLite.",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+    ]
+    out += _md_table(CHAT_HEADERS, chat_rows(runs, settings))
+    out += [CPU_NOTE + ".", ""]
+    if settings.stream_concurrency:
+        out += ["Streamed (include_usage):", ""]
+        out += _md_table(STREAM_HEADERS, stream_rows(runs, settings))
+    if all(name in runs for name in GATEWAYS):
+        out += _md_table(RATIO_HEADERS, ratio_rows(runs, settings))
+    out += [f"- {v['target']}: {_mark(v['met'])} ({v['value']})" for v in verdicts(runs, settings)]
+    if busy := busy_levels(runs):
+        out.append(
+            f"- other processes used more than {BUSY_OTHER_PCT:g} % of a core during "
+            f"{', '.join(busy)}"
+        )
+    for name, run in runs.items():
+        if run.recorded is not None:
+            out.append(f"- {name} telemetry: {recorded_note(run)}")
+        if run.failed:
+            out.append(f"- {name} failed: {run.failed}")
+        if run.skipped:
+            out.append(f"- {name} skipped: {run.skipped}")
+    return "\n".join(out) + "\n"
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + " ---: |" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def run_metadata() -> dict[str, Any]:
+    """The run's context, taken at its start (``loadavg_1m``: how busy the machine was)."""
+    versions: dict[str, str] = {}
+    for dist in ("helixflow", "aiohttp", "uvloop"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions[dist] = version(dist)
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "git_commit": git_commit(REPO_ROOT),
+        "cpus": os.cpu_count(),
+        "machine": f"{platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "versions": versions,
+    }
+
+
+def to_json(runs: dict[str, TargetRun], settings: Settings, meta: dict[str, Any]) -> dict[str, Any]:
+    targets = {
+        name: {
+            "command": run.command,
+            "version": run.version,
+            "failed": run.failed,
+            "skipped": run.skipped,
+            "requests_sent": run.sent,
+            "telemetry_rows": run.recorded,
+            "levels": [lv.summary() for lv in run.levels],
+        }
+        for name, run in runs.items()
+    }
+    comparisons = {
+        str(c): {
+            "helixflow_p50_over_direct_ms": overhead_ms(
+                runs, "helixflow", "chat", c, "latency_p50_ms"
+            ),
+            "litellm_p50_over_direct_ms": overhead_ms(runs, "litellm", "chat", c, "latency_p50_ms"),
+            "helixflow_over_litellm_rps": None if (r := ratio(runs, c)) is None else round(r, 3),
+        }
+        for c in settings.concurrency
+    }
+    return {
+        "meta": meta,
+        "settings": {
+            "concurrency": settings.concurrency,
+            "duration_s": settings.duration_s,
+            "requests": settings.requests,
+            "warmup": settings.warmup,
+            "stream_concurrency": settings.stream_concurrency,
+            "stream_duration_s": settings.stream_duration_s,
+            "timeout_s": settings.timeout_s,
+            "litellm_num_workers": 1,
+        },
+        "targets": targets,
+        "comparisons": comparisons,
+        "verdicts": verdicts(runs, settings),
+        "busy_levels": busy_levels(runs),
+    }
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _int_list(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("expected positive integers separated by commas")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="gateway_overhead.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add(
+        "--concurrency",
+        type=_int_list,
+        default=[1, 16, 64],
+        help="concurrency levels of the non-streamed load, comma separated (default: 1,16,64)",
+    )
+    add(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="seconds per level and target (default: 10); ignored with --requests",
+    )
+    add(
+        "--requests",
+        type=int,
+        default=None,
+        help="a fixed number of requests per level and target instead of --duration",
+    )
+    add(
+        "--warmup",
+        type=int,
+        default=300,
+        help=f"warm-up requests per target at concurrency {WARMUP_CONCURRENCY}, not measured "
+        "(default: 300)",
+    )
+    add(
+        "--stream-concurrency",
+        type=int,
+        default=16,
+        help="concurrency of the streamed variant (TTFT); 0 skips it (default: 16)",
+    )
+    add(
+        "--stream-duration",
+        type=float,
+        default=5.0,
+        help="seconds of the streamed variant per target (default: 5)",
+    )
+    add("--skip-helixflow", action="store_true", help="leave HelixFlow out (direct and LiteLLM)")
+    add("--skip-litellm", action="store_true", help="leave LiteLLM out (direct and HelixFlow)")
+    add(
+        "--litellm-venv",
+        type=Path,
+        default=DEFAULT_LITELLM_VENV,
+        help="LiteLLM's own venv, created with `pip install 'litellm[proxy]'` when it has no "
+        "`litellm` script (default: %(default)s)",
+    )
+    add(
+        "--no-install",
+        action="store_true",
+        help="skip LiteLLM (with a note) instead of installing it when its venv is missing",
+    )
+    add(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="per-request timeout in seconds; a request past it counts as an error (default: 30)",
+    )
+    add(
+        "--ready-timeout",
+        type=float,
+        default=180.0,
+        help="seconds to wait for a gateway to be ready (default: 180)",
+    )
+    add(
+        "--json-out",
+        type=Path,
+        default=DEFAULT_JSON_OUT,
+        help="machine-readable results (default: benchmarks/results/gateway_overhead.json)",
+    )
+    add("--markdown-out", type=Path, default=None, help="also write the tables as Markdown here")
+    add(
+        "--keep-logs",
+        action="store_true",
+        help="keep the temporary directory (servers' logs, configs, HelixFlow's data) after a "
+        "good run",
+    )
+    args = parser.parse_args(argv)
+    if args.requests is not None and args.requests < 1:
+        parser.error("--requests must be positive")
+    if args.duration <= 0 or args.stream_duration <= 0:
+        parser.error("durations must be positive")
+    if args.stream_concurrency < 0 or args.warmup < 0:
+        parser.error("--stream-concurrency and --warmup must not be negative")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
+    work_dir = Path(tempfile.mkdtemp(prefix="helixflow-gateway-"))
+    settings = Settings(
+        concurrency=args.concurrency,
+        duration_s=args.duration,
+        requests=args.requests,
+        warmup=args.warmup,
+        stream_concurrency=args.stream_concurrency,
+        stream_duration_s=args.stream_duration,
+        timeout_s=args.timeout,
+        ready_timeout_s=args.ready_timeout,
+        work_dir=work_dir,
+        litellm_venv=args.litellm_venv.expanduser(),
+        install_litellm=not args.no_install,
+    )
+    targets = [
+        t
+        for t in TARGETS
+        if not (t == "helixflow" and args.skip_helixflow)
+        and not (t == "litellm" and args.skip_litellm)
+    ]
+    console.print(
+        f"targets {', '.join(targets)}; {os.cpu_count()} CPUs, nothing pinned; "
+        f"{_load_note(settings)}; logs in {work_dir}",
+        style="dim",
+    )
+    meta = run_metadata()
+    try:
+        runs = run_all(targets, settings)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/yellow]; logs in {work_dir}")
+        return 130
+    if (litellm := runs.get("litellm")) and litellm.version:
+        meta["versions"]["litellm"] = litellm.version
+    print_report(runs, settings, meta)
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_bytes(
+            orjson.dumps(to_json(runs, settings, meta), option=orjson.OPT_INDENT_2) + b"\n"
+        )
+        console.print(f"wrote {args.json_out}")
+    if args.markdown_out:
+        args.markdown_out.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown_out.write_text(markdown(runs, settings, meta))
+        console.print(f"wrote {args.markdown_out}")
+    if any(run.failed for run in runs.values()):
+        console.print(f"[red]some targets failed; logs in {work_dir}[/red]")
+        return 1
+    if args.keep_logs:
+        console.print(f"logs kept in {work_dir}")
+    else:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
