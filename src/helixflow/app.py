@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -81,6 +82,11 @@ def create_app(settings: Settings, given: Store | None = None) -> FastAPI:
             app.state.gateway = Gateway(
                 routing.router, routing.dispatcher, routing.providers, routing.cache, store
             )
+            # Everything alive now (modules, schemas, the catalogue) lives as long as the
+            # process: keep it out of the collector's sight, so that a full collection scans
+            # only what requests allocate (it took ~100 ms, a p99 stall, otherwise).
+            gc.collect()
+            gc.freeze()
             yield
         finally:
             if routing is not None:
