@@ -60,11 +60,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -75,7 +73,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -85,7 +82,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from _common import free_port, git_commit, stop, track
+from _common import (
+    fmt,
+    free_port,
+    helixflow_env,
+    int_list,
+    markdown_table,
+    percentile,
+    process_cpu_seconds,
+    run_metadata,
+    server_process,
+    wait_ready,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LLAMA_SERVER = REPO_ROOT / ".build" / "llama-server" / "bin" / "llama-server"
@@ -225,28 +233,8 @@ def pooled_summary(levels: Sequence[tuple[int, LevelResult]]) -> dict[str, Any]:
     }
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear-interpolated percentile (numpy's default method); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of one process (all its threads) from /proc; None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- servers
@@ -323,8 +311,7 @@ class HelixFlow(ServerKind):
         return [*launcher, "serve", "--port", str(port), "--config", str(config_file)]
 
     def env(self) -> dict[str, str]:
-        # HELIXFLOW_* variables outrank the config file: keep the caller's out of the run.
-        return {k: v for k, v in os.environ.items() if not k.startswith("HELIXFLOW_")}
+        return helixflow_env()
 
 
 class HelixFlowFlashAttention(HelixFlow):
@@ -421,16 +408,8 @@ def running_server(kind: ServerKind, cfg: BenchConfig, round_no: int) -> Iterato
     port = free_port()
     cmd = kind.command(cfg, port)
     log_file = cfg.log_dir / f"{kind.name}-round{round_no}.log"
-    with log_file.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=cfg.log_dir, env=kind.env(),
-        )  # fmt: skip
-    track(proc)
-    try:
+    with server_process(cmd, log_file=log_file, cwd=cfg.log_dir, env=kind.env()) as proc:
         yield RunningServer(kind, proc, f"http://127.0.0.1:{port}", log_file, cmd)
-    finally:
-        stop(proc)
 
 
 # --------------------------------------------------------------------------- load generator
@@ -520,29 +499,9 @@ async def run_level(
     return [r for r in results if r is not None], wall
 
 
-async def wait_ready(server: RunningServer, limit_s: float) -> None:
-    """Poll the server's readiness endpoint; fail early if the process dies."""
-    url = server.base_url + server.kind.ready_path
-    try:
-        async with (
-            asyncio.timeout(limit_s),
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
-        ):
-            while True:
-                if server.proc.poll() is not None:
-                    code = server.proc.returncode
-                    raise RuntimeError(f"{server.kind.name} exited with code {code}")
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(url) as resp:
-                        if resp.status == 200:
-                            return
-                await asyncio.sleep(0.25)
-    except TimeoutError:
-        raise RuntimeError(f"{server.kind.name} not ready after {limit_s:.0f} s") from None
-
-
 async def bench_server(server: RunningServer, cfg: BenchConfig) -> list[LevelResult]:
-    await wait_ready(server, cfg.ready_timeout)
+    url = server.base_url + server.kind.ready_path
+    await wait_ready(server.proc, url, cfg.ready_timeout, server.kind.name)
     url = server.base_url + "/v1/chat/completions"
     # A new connection per request: llama-server closes a connection after each streamed
     # reply while announcing keep-alive, and a reused dead connection fails the next request
@@ -799,9 +758,9 @@ def level_rows(results: Results, name: str, concurrency: list[int]) -> list[list
             if key == "":
                 row.append(f"{s['ok']}/{s['requests']}")
             elif key == "tok_s_range":
-                row.append(f"{_fmt(s['tok_s_min'])}-{_fmt(s['tok_s_max'])}")
+                row.append(f"{fmt(s['tok_s_min'])}-{fmt(s['tok_s_max'])}")
             else:
-                row.append(_fmt(s[key]))
+                row.append(fmt(s[key]))
         rows.append(row)
     return rows
 
@@ -812,7 +771,7 @@ def tok_s_cell(results: Results, name: str, concurrency: int) -> str:
     if s is None:
         return "—"
     failed = s["requests"] - s["ok"]
-    return _fmt(float(s["tok_s"])) + (f" ({failed} failed)" if failed else "")
+    return fmt(float(s["tok_s"])) + (f" ({failed} failed)" if failed else "")
 
 
 def ratio_cell(by_round: dict[int, float], rounds: int) -> str:
@@ -882,14 +841,6 @@ RATIO_NOTE = (
     "tok/s: median over rounds; ratios: taken within each round, median (min-max) over rounds; "
     "targets judged on the median"
 )
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:,.1f}"
-    return str(value)
 
 
 def _has_ratios(results: Results) -> bool:
@@ -975,37 +926,16 @@ def markdown(results: Results, cfg: BenchConfig, meta: dict[str, Any]) -> str:
         if not any(run.levels for run in results.runs_of(name)):
             continue
         out += [f"**{name}** ({level_caption(results, name)})", ""]
-        out += _md_table([h for h, _ in LEVEL_COLUMNS], level_rows(results, name, cfg.concurrency))
+        out += markdown_table(
+            [h for h, _ in LEVEL_COLUMNS], level_rows(results, name, cfg.concurrency)
+        )
     if _has_ratios(results):
         out += [f"**HelixFlow / peers** (output tokens per second; {RATIO_NOTE})", ""]
-        out += _md_table(RATIO_HEADERS, ratio_rows(results, cfg.concurrency))
+        out += markdown_table(RATIO_HEADERS, ratio_rows(results, cfg.concurrency))
     if _has_flash(results):
         out += ["**HelixFlow with / without flash attention** (same round; as above)", ""]
-        out += _md_table(FLASH_HEADERS, flash_rows(results, cfg.concurrency))
+        out += markdown_table(FLASH_HEADERS, flash_rows(results, cfg.concurrency))
     return "\n".join(out)
-
-
-def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + " ---: |" * len(headers)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return [*lines, ""]
-
-
-def run_metadata(cfg: BenchConfig) -> dict[str, Any]:
-    versions: dict[str, str] = {}
-    for dist in ("helixflow", "llama_cpp_python", "aiohttp"):
-        with contextlib.suppress(PackageNotFoundError):
-            versions[dist] = version(dist)
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_commit": git_commit(REPO_ROOT),
-        "cpus": os.cpu_count(),
-        "machine": f"{platform.system()} {platform.machine()}",
-        "python": platform.python_version(),
-        "versions": versions,
-        "model": str(cfg.model),
-    }
 
 
 def _ratio_json(by_round: dict[int, float]) -> dict[str, Any] | None:
@@ -1115,13 +1045,6 @@ def default_model() -> Path:
     return Path(resolve_bundled("smollm2-135m"))
 
 
-def _int_list(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("expected positive integers separated by commas")
-    return values
-
-
 def _server_list(text: str) -> list[str]:
     names = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
     unknown = [n for n in names if n not in SERVER_KINDS]
@@ -1155,7 +1078,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add(
         "--concurrency",
-        type=_int_list,
+        type=int_list,
         default=[1, 4, 8, 16],
         help="concurrency levels, comma separated (default: 1,4,8,16)",
     )
@@ -1248,7 +1171,8 @@ def main(argv: list[str] | None = None) -> int:
         log_dir=log_dir,
         rounds=args.rounds,
     )
-    meta = run_metadata(cfg)
+    meta = run_metadata(REPO_ROOT, ("helixflow", "llama_cpp_python", "aiohttp"))
+    meta["model"] = str(cfg.model)
     console.print(f"model {cfg.model}; logs in {log_dir}", style="dim")
     retok = Retokenizer(cfg.model)
     try:

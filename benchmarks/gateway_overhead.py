@@ -56,9 +56,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import datetime as dt
 import os
-import platform
 import secrets
 import shutil
 import signal
@@ -83,7 +81,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from _common import free_port, git_commit, stop, track
+from _common import (
+    NotReady,
+    fmt,
+    free_port,
+    group_cpu_seconds,
+    helixflow_env,
+    int_list,
+    machine_busy_seconds,
+    markdown_table,
+    percentile,
+    run_metadata,
+    server_process,
+    wait_ready,
+)
 from stub_upstream import REPLY_TEXT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -108,48 +119,8 @@ console = Console(width=max(150, shutil.get_terminal_size().columns))
 # --------------------------------------------------------------------------- measurements
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear-interpolated percentile (numpy's default method); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
-
-
-def group_cpu_seconds(pgid: int) -> float | None:
-    """User + system CPU of every live process in process group ``pgid`` (from /proc)."""
-    total = 0.0
-    found = False
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid:
-            found = True
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total if found else None
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU time the whole machine spent busy since boot (all cores, from /proc/stat)."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(slots=True)
@@ -459,10 +430,6 @@ def run_async(coro: Any) -> Any:
 # --------------------------------------------------------------------------- servers
 
 
-class NotReady(RuntimeError):
-    pass
-
-
 def http_status(url: str, *, body: bytes | None = None, api_key: str = "unused") -> tuple[int, str]:
     """One blocking request: (status, start of the body); status 0 when nothing answered."""
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
@@ -474,34 +441,6 @@ def http_status(url: str, *, body: bytes | None = None, api_key: str = "unused")
         return int(exc.code), exc.read(300).decode(errors="replace")
     except (urllib.error.URLError, OSError) as exc:
         return 0, str(exc)
-
-
-def wait_ready(proc: subprocess.Popen[bytes], url: str, limit_s: float, name: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise NotReady(f"{name} exited with code {proc.returncode}")
-        if http_status(url)[0] == 200:
-            return
-        time.sleep(0.25)
-    raise NotReady(f"{name} not ready after {limit_s:.0f} s")
-
-
-@contextlib.contextmanager
-def server_process(
-    name: str, cmd: list[str], env: dict[str, str], work_dir: Path
-) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    log_file = work_dir / f"{name}.log"
-    with log_file.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=work_dir, env=env,
-        )  # fmt: skip
-    track(proc)
-    try:
-        yield proc, log_file
-    finally:
-        stop(proc)
 
 
 def probe_chat(base_url: str, api_key: str) -> None:
@@ -532,8 +471,7 @@ def helixflow_target(stub_url: str, settings: Settings) -> tuple[list[str], dict
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     cmd = [str(helixflow_python()), "-m", "helixflow", "serve", "--config", str(config_file)]
     cmd += ["--port", str(port)]
-    # HELIXFLOW_* variables outrank the config file: keep the caller's out of the run.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HELIXFLOW_")}
+    env = helixflow_env()
     env["HELIXFLOW_DATA_DIR"] = str(settings.work_dir / "helixflow-data")
     return cmd, env, f"http://127.0.0.1:{port}"
 
@@ -625,10 +563,11 @@ def run_gateway(
 ) -> None:
     run.command = cmd
     console.print("  " + " ".join(cmd), style="dim", soft_wrap=True, markup=False)
-    with server_process(run.name, cmd, env, settings.work_dir) as (proc, log_file):
+    log_file = settings.work_dir / f"{run.name}.log"
+    with server_process(cmd, log_file=log_file, cwd=settings.work_dir, env=env) as proc:
         run.log_file = str(log_file)
         try:
-            wait_ready(proc, url + ready_path, settings.ready_timeout_s, run.name)
+            run_async(wait_ready(proc, url + ready_path, settings.ready_timeout_s, run.name))
             run.sent += 1
             probe_chat(url + "/v1", api_key)
             run_async(measure(run, url + "/v1", api_key, settings, (proc.pid, stub_pid)))
@@ -643,8 +582,9 @@ def run_all(targets: Sequence[str], settings: Settings) -> dict[str, TargetRun]:
     stub_port = free_port()
     stub_url = f"http://127.0.0.1:{stub_port}"
     stub_cmd = [sys.executable, str(STUB_SCRIPT), "--port", str(stub_port)]
-    with server_process("stub", stub_cmd, dict(os.environ), settings.work_dir) as (stub, log):
-        wait_ready(stub, stub_url + "/v1/models", 30, "stub upstream")
+    log = settings.work_dir / "stub.log"
+    with server_process(stub_cmd, log_file=log, cwd=settings.work_dir, env=os.environ) as stub:
+        run_async(wait_ready(stub, stub_url + "/v1/models", 30, "stub upstream"))
         for name in targets:
             run = runs[name] = TargetRun(name)
             console.rule(f"[bold]{name}")
@@ -683,14 +623,6 @@ def run_all(targets: Sequence[str], settings: Settings) -> dict[str, TargetRun]:
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return str(value)
 
 
 def overhead_ms(runs: dict[str, TargetRun], name: str, mode: str, c: int, key: str) -> float | None:
@@ -762,64 +694,55 @@ RATIO_HEADERS = [
 ]  # fmt: skip
 
 
-def chat_rows(runs: dict[str, TargetRun], settings: Settings) -> list[list[str]]:
-    rows = []
+def _level_rows(
+    runs: dict[str, TargetRun], mode: str, concurrency: Sequence[int], over_key: str
+) -> Iterator[tuple[list[str], dict[str, Any], float | None]]:
+    """Every measured level of ``mode``, target by target: the row's first cells (target,
+    concurrency, requests, errors, req/s), the level's summary, and ``over_key`` over direct's
+    (None for direct)."""
     for name, run in runs.items():
-        for c in settings.concurrency:
-            level = run.level("chat", c)
+        for c in concurrency:
+            level = run.level(mode, c)
             if level is None:
                 continue
             s = level.summary()
-            over = (
-                overhead_ms(runs, name, "chat", c, "latency_p50_ms") if name != "direct" else None
-            )
-            rows.append(
-                [
-                    name,
-                    str(c),
-                    str(s["requests"]),
-                    str(s["errors"]),
-                    _fmt(s["rps"]),
-                    _fmt(s["latency_p50_ms"], 2),
-                    _fmt(s["latency_p90_ms"], 2),
-                    _fmt(s["latency_p99_ms"], 2),
-                    _fmt(over, 2),
-                    _fmt(s["gateway_cpu_ms_per_req"], 2),
-                    _fmt(s["gateway_cpu_pct"]),
-                    _fmt(s["stub_cpu_pct"]),
-                    _fmt(s["client_cpu_pct"]),
-                    _fmt(s["other_cpu_pct"]),
-                ]
-            )
-    return rows
+            over = overhead_ms(runs, name, mode, c, over_key) if name != "direct" else None
+            yield [name, str(c), str(s["requests"]), str(s["errors"]), fmt(s["rps"])], s, over
+
+
+def chat_rows(runs: dict[str, TargetRun], settings: Settings) -> list[list[str]]:
+    return [
+        [
+            *cells,
+            fmt(s["latency_p50_ms"], 2),
+            fmt(s["latency_p90_ms"], 2),
+            fmt(s["latency_p99_ms"], 2),
+            fmt(over, 2),
+            fmt(s["gateway_cpu_ms_per_req"], 2),
+            fmt(s["gateway_cpu_pct"]),
+            fmt(s["stub_cpu_pct"]),
+            fmt(s["client_cpu_pct"]),
+            fmt(s["other_cpu_pct"]),
+        ]
+        for cells, s, over in _level_rows(runs, "chat", settings.concurrency, "latency_p50_ms")
+    ]
 
 
 def stream_rows(runs: dict[str, TargetRun], settings: Settings) -> list[list[str]]:
-    rows = []
-    c = settings.stream_concurrency
-    for name, run in runs.items():
-        level = run.level("stream", c)
-        if level is None:
-            continue
-        s = level.summary()
-        over = overhead_ms(runs, name, "stream", c, "ttft_p50_ms") if name != "direct" else None
-        rows.append(
-            [
-                name,
-                str(c),
-                str(s["requests"]),
-                str(s["errors"]),
-                _fmt(s["rps"]),
-                _fmt(s["ttft_p50_ms"], 2),
-                _fmt(s["ttft_p99_ms"], 2),
-                _fmt(over, 2),
-                _fmt(s["latency_p50_ms"], 2),
-                str(s["stream_without_usage"]),
-                _fmt(s["gateway_cpu_ms_per_req"], 2),
-                _fmt(s["other_cpu_pct"]),
-            ]
-        )
-    return rows
+    levels = _level_rows(runs, "stream", [settings.stream_concurrency], "ttft_p50_ms")
+    return [
+        [
+            *cells,
+            fmt(s["ttft_p50_ms"], 2),
+            fmt(s["ttft_p99_ms"], 2),
+            fmt(over, 2),
+            fmt(s["latency_p50_ms"], 2),
+            str(s["stream_without_usage"]),
+            fmt(s["gateway_cpu_ms_per_req"], 2),
+            fmt(s["other_cpu_pct"]),
+        ]
+        for cells, s, over in levels
+    ]
 
 
 def ratio_rows(runs: dict[str, TargetRun], settings: Settings) -> list[list[str]]:
@@ -829,12 +752,10 @@ def ratio_rows(runs: dict[str, TargetRun], settings: Settings) -> list[list[str]
         for name in GATEWAYS:
             run = runs.get(name)
             level = run.level("chat", c) if run else None
-            cells.append("—" if level is None else _fmt(level.rps))
+            cells.append("—" if level is None else fmt(level.rps))
         value = ratio(runs, c)
         cells.append("—" if value is None else f"{value:.2f}x")
-        cells += [
-            _fmt(overhead_ms(runs, name, "chat", c, "latency_p50_ms"), 2) for name in GATEWAYS
-        ]
+        cells += [fmt(overhead_ms(runs, name, "chat", c, "latency_p50_ms"), 2) for name in GATEWAYS]
         rows.append(cells)
     return rows
 
@@ -935,13 +856,13 @@ def markdown(runs: dict[str, TargetRun], settings: Settings, meta: dict[str, Any
         f"Command: `{meta['command']}`",
         "",
     ]
-    out += _md_table(CHAT_HEADERS, chat_rows(runs, settings))
+    out += markdown_table(CHAT_HEADERS, chat_rows(runs, settings))
     out += [CPU_NOTE + ".", ""]
     if settings.stream_concurrency:
         out += ["Streamed (include_usage):", ""]
-        out += _md_table(STREAM_HEADERS, stream_rows(runs, settings))
+        out += markdown_table(STREAM_HEADERS, stream_rows(runs, settings))
     if all(name in runs for name in GATEWAYS):
-        out += _md_table(RATIO_HEADERS, ratio_rows(runs, settings))
+        out += markdown_table(RATIO_HEADERS, ratio_rows(runs, settings))
     out += [f"- {v['target']}: {_mark(v['met'])} ({v['value']})" for v in verdicts(runs, settings)]
     if busy := busy_levels(runs):
         out.append(
@@ -956,30 +877,6 @@ def markdown(runs: dict[str, TargetRun], settings: Settings, meta: dict[str, Any
         if run.skipped:
             out.append(f"- {name} skipped: {run.skipped}")
     return "\n".join(out) + "\n"
-
-
-def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + " ---: |" * len(headers)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return [*lines, ""]
-
-
-def run_metadata() -> dict[str, Any]:
-    """The run's context, taken at its start (``loadavg_1m``: how busy the machine was)."""
-    versions: dict[str, str] = {}
-    for dist in ("helixflow", "aiohttp", "uvloop"):
-        with contextlib.suppress(PackageNotFoundError):
-            versions[dist] = version(dist)
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_commit": git_commit(REPO_ROOT),
-        "cpus": os.cpu_count(),
-        "machine": f"{platform.system()} {platform.machine()}",
-        "python": platform.python_version(),
-        "loadavg_1m": round(os.getloadavg()[0], 2),
-        "versions": versions,
-    }
 
 
 def to_json(runs: dict[str, TargetRun], settings: Settings, meta: dict[str, Any]) -> dict[str, Any]:
@@ -1027,13 +924,6 @@ def to_json(runs: dict[str, TargetRun], settings: Settings, meta: dict[str, Any]
 # --------------------------------------------------------------------------- CLI
 
 
-def _int_list(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("expected positive integers separated by commas")
-    return values
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="gateway_overhead.py",
@@ -1043,7 +933,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add(
         "--concurrency",
-        type=_int_list,
+        type=int_list,
         default=[1, 16, 64],
         help="concurrency levels of the non-streamed load, comma separated (default: 1,16,64)",
     )
@@ -1155,7 +1045,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{_load_note(settings)}; logs in {work_dir}",
         style="dim",
     )
-    meta = run_metadata()
+    # loadavg_1m: how busy the machine was at the start.
+    meta = run_metadata(
+        REPO_ROOT, ("helixflow", "aiohttp", "uvloop"), loadavg_1m=round(os.getloadavg()[0], 2)
+    )
     try:
         runs = run_all(targets, settings)
     except KeyboardInterrupt:

@@ -53,11 +53,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -68,7 +66,6 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +75,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from _common import free_port, git_commit, stop, track
+from _common import free_port, helixflow_env, run_metadata, server_process, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON_OUT = REPO_ROOT / "benchmarks" / "results" / "session_ttft.json"
@@ -291,8 +288,7 @@ def helixflow_command(
     script = Path(sys.executable).with_name("helixflow")
     launcher = [str(script)] if script.exists() else [sys.executable, "-m", "helixflow"]
     cmd = [*launcher, "serve", "--port", str(port), "--config", str(config_file)]
-    # HELIXFLOW_* variables outrank the config file: keep the caller's out of the run.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HELIXFLOW_")}
+    env = helixflow_env()
     env["HELIXFLOW_DATA_DIR"] = str(run_dir / "data")
     return cmd, env
 
@@ -345,16 +341,8 @@ def running_server(spec: ServerSpec, cfg: BenchConfig, round_no: int) -> Iterato
     else:
         cmd, env = peer_command(cfg, port), dict(os.environ)
     log_file = cfg.work_dir / f"{spec.name}-round{round_no}.log"
-    with log_file.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=run_dir, env=env,
-        )  # fmt: skip
-    track(proc)
-    try:
+    with server_process(cmd, log_file=log_file, cwd=run_dir, env=env) as proc:
         yield RunningServer(spec, proc, f"http://127.0.0.1:{port}", log_file, cmd)
-    finally:
-        stop(proc)
 
 
 # --------------------------------------------------------------------------- client
@@ -432,27 +420,6 @@ def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-async def wait_ready(server: RunningServer, limit_s: float) -> None:
-    """Poll the server's readiness endpoint; fail early if the process dies."""
-    url = server.base_url + server.spec.ready_path
-    try:
-        async with (
-            asyncio.timeout(limit_s),
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
-        ):
-            while True:
-                if server.proc.poll() is not None:
-                    code = server.proc.returncode
-                    raise RuntimeError(f"{server.spec.name} exited with code {code}")
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(url) as resp:
-                        if resp.status == 200:
-                            return
-                await asyncio.sleep(0.25)
-    except TimeoutError:
-        raise RuntimeError(f"{server.spec.name} not ready after {limit_s:.0f} s") from None
-
-
 async def kv_stats(session: aiohttp.ClientSession, server: RunningServer) -> dict[str, Any] | None:
     """``/ready``'s ``kv_cache`` object (None for the peer, or when the server has none)."""
     if not server.spec.is_helixflow:
@@ -516,7 +483,8 @@ async def run_conversation(
 async def bench_server(
     server: RunningServer, cfg: BenchConfig, round_no: int, run_id: str
 ) -> list[Conversation]:
-    await wait_ready(server, cfg.ready_timeout)
+    url = server.base_url + server.spec.ready_path
+    await wait_ready(server.proc, url, cfg.ready_timeout, server.spec.name)
     # A new connection per request, as the house benchmarks do (llama-cpp-python's server and
     # llama-server do not always keep a streamed connection usable).
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
@@ -864,23 +832,6 @@ def print_tables(results: Results, cfg: BenchConfig) -> None:
 # --------------------------------------------------------------------------- JSON
 
 
-def run_metadata(cfg: BenchConfig) -> dict[str, Any]:
-    versions: dict[str, str] = {}
-    for dist in ("helixflow", "llama_cpp_python", "aiohttp"):
-        with contextlib.suppress(PackageNotFoundError):
-            versions[dist] = version(dist)
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_commit": git_commit(REPO_ROOT),
-        "cpus": os.cpu_count(),
-        "machine": f"{platform.system()} {platform.machine()}",
-        "python": platform.python_version(),
-        "versions": versions,
-        "model": str(cfg.model),
-    }
-
-
 def to_json(results: Results, cfg: BenchConfig, meta: dict[str, Any]) -> dict[str, Any]:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
     runs = []
@@ -1037,7 +988,8 @@ def main(argv: list[str] | None = None) -> int:
         work_dir=work_dir,
         peer=args.peer,
     )
-    meta = run_metadata(cfg)
+    meta = run_metadata(REPO_ROOT, ("helixflow", "llama_cpp_python", "aiohttp"))
+    meta["model"] = str(cfg.model)
     console.print(f"model {model}; servers' logs and data in {work_dir}", style="dim")
     specs = list(SERVERS)
     skipped: dict[str, str] = {}

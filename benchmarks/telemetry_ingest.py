@@ -56,10 +56,8 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import datetime as dt
 import io
 import os
-import platform
 import pstats
 import random
 import shutil
@@ -71,7 +69,6 @@ import uuid
 from array import array
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +78,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import delete, func, select, text
 
-from _common import git_commit
+from _common import machine_busy_seconds, percentile, process_cpu_seconds, run_metadata
 from helixflow.api.middleware import time_ordered_id
 from helixflow.config import DatabaseConfig, TelemetryConfig
 from helixflow.store.database import Database
@@ -291,17 +288,6 @@ def timer_overhead_ns() -> float:
     return float(statistics.median(samples))
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear-interpolated percentile (numpy's default method); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -329,7 +315,6 @@ def slope_per_min(points: Sequence[tuple[float, float]]) -> float | None:
 
 def postgres_backend_cpu_s(dbname: str) -> float | None:
     """User + system CPU of the server processes serving ``dbname`` (local servers only)."""
-    ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
     found = False
     try:
@@ -339,25 +324,15 @@ def postgres_backend_cpu_s(dbname: str) -> float | None:
     for pid in pids:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if not cmdline.startswith(b"postgres: ") or f" {dbname} ".encode() not in cmdline:
-                continue
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+        except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
-        found = True
+        if not cmdline.startswith(b"postgres: ") or f" {dbname} ".encode() not in cmdline:
+            continue
+        cpu_s = process_cpu_seconds(pid)
+        if cpu_s is not None:
+            total += cpu_s
+            found = True
     return total if found else None
-
-
-def machine_cpu_s() -> float | None:
-    """CPU seconds all cores of the machine spent busy (not idle or waiting), from /proc/stat."""
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    guest = sum(values[8:10]) if len(values) > 9 else 0  # already counted in user and nice
-    return (sum(values) - idle - guest) / os.sysconf("SC_CLK_TCK")
 
 
 class MeasuringSink:
@@ -784,7 +759,7 @@ async def run_ingest(bench: BenchDatabase, cfg: RunConfig, workdir: Path) -> Ing
     await writer.start()
     stop = asyncio.Event()
     db_cpu0 = postgres_backend_cpu_s(bench.name) if bench.kind == "postgresql" else None
-    machine0 = machine_cpu_s()
+    machine0 = machine_busy_seconds()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     sampler = asyncio.create_task(sample_every_second(writer, result.samples, t0, stop))
@@ -804,7 +779,7 @@ async def run_ingest(bench: BenchDatabase, cfg: RunConfig, workdir: Path) -> Ing
     if profiler:
         profiler.disable()
     result.cpu_s = time.process_time() - cpu0
-    machine1 = machine_cpu_s()
+    machine1 = machine_busy_seconds()
     if machine0 is not None and machine1 is not None:
         result.machine_cpu_s = machine1 - machine0
     if db_cpu0 is not None:
@@ -1082,22 +1057,6 @@ def print_run(run: DatabaseRun, cfg: RunConfig, overhead_ns: float) -> None:
     console.print(table)
 
 
-def run_metadata() -> dict[str, Any]:
-    versions: dict[str, str] = {}
-    for dist in ("helixflow", "sqlalchemy", "asyncpg", "aiosqlite", "uvloop"):
-        with contextlib.suppress(PackageNotFoundError):
-            versions[dist] = version(dist)
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_commit": git_commit(REPO_ROOT),
-        "cpus": os.cpu_count(),
-        "machine": f"{platform.system()} {platform.machine()}",
-        "python": platform.python_version(),
-        "versions": versions,
-    }
-
-
 def to_json(
     runs: list[DatabaseRun], cfg: RunConfig, meta: dict[str, Any], loop: str, overhead_ns: float
 ) -> dict[str, Any]:
@@ -1341,7 +1300,7 @@ def main(argv: list[str] | None = None) -> int:
         profile=args.profile,
         time_ordered_ids=args.request_ids == "time-ordered",
     )
-    meta = run_metadata()
+    meta = run_metadata(REPO_ROOT, ("helixflow", "sqlalchemy", "asyncpg", "aiosqlite", "uvloop"))
     overhead = timer_overhead_ns()
     loop, loop_name = new_loop(args.loop)
     console.print(

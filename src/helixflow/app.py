@@ -8,7 +8,8 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from helixflow import __version__
 from helixflow.api import health
@@ -16,7 +17,11 @@ from helixflow.api.admin.alerts import router as alerts_router
 from helixflow.api.admin.analytics import router as analytics_router
 from helixflow.api.admin.assignments import router as assignments_router
 from helixflow.api.admin.decisions import router as decisions_router
+from helixflow.api.admin.keys import router as keys_router
 from helixflow.api.admin.routing import router as routing_router
+from helixflow.api.admin.users import router as users_router
+from helixflow.api.auth import require
+from helixflow.api.auth_routes import router as auth_router
 from helixflow.api.errors import install_error_handlers
 from helixflow.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from helixflow.api.openai.gateway import Gateway
@@ -29,6 +34,11 @@ from helixflow.config import Settings
 from helixflow.engine.kvstore import SessionEngine, SessionKVStore
 from helixflow.engine.registry import EngineRegistry
 from helixflow.router.runtime import LocalInfo, RouterRuntime
+from helixflow.security.cors import cors_middleware_kwargs, trusted_origins
+from helixflow.security.csrf import CSRFMiddleware
+from helixflow.security.headers import SecurityHeadersMiddleware
+from helixflow.security.middleware import AuthMiddleware
+from helixflow.security.runtime import SecurityRuntime
 from helixflow.store.repositories.kv_sessions import KVSessionRepository
 from helixflow.store.runtime import Store
 
@@ -73,14 +83,26 @@ def create_app(settings: Settings, given: Store | None = None) -> FastAPI:
         app.state.embedding_service = EmbeddingService(engines)
         started = time.monotonic()
         routing: RouterRuntime | None = None
+        security: SecurityRuntime | None = None
         try:
+            security = await SecurityRuntime.open(settings, store.database)
+            app.state.security = security
+            app.state.accounts = security.accounts
+            app.state.tokens = security.tokens
+            app.state.auth_switch = security.switch
+            app.state.authenticator = security.authenticator
             await engines.start()
             log.info("%d model(s) loaded in %.1fs", len(engines), time.monotonic() - started)
             routing = await RouterRuntime.open(settings, store.database, _local_info(engines))
             app.state.routing = routing
             app.state.router = routing.router
             app.state.gateway = Gateway(
-                routing.router, routing.dispatcher, routing.providers, routing.cache, store
+                routing.router,
+                routing.dispatcher,
+                routing.providers,
+                routing.cache,
+                store,
+                security.limiter,
             )
             # Everything alive now (modules, schemas, the catalogue) lives as long as the
             # process: keep it out of the collector's sight, so that a full collection scans
@@ -91,6 +113,8 @@ def create_app(settings: Settings, given: Store | None = None) -> FastAPI:
         finally:
             if routing is not None:
                 await routing.close()
+            if security is not None:
+                await security.close()
             await engines.stop()
             if kv_store is not None:
                 await kv_store.drain()
@@ -107,15 +131,28 @@ def create_app(settings: Settings, given: Store | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.started_at = time.monotonic()
     install_error_handlers(app)
-    # Outermost last: request id, then telemetry (which records even a 413), then body limit.
+    # Outermost last: security headers, CORS, request id, telemetry (which records even a
+    # refused request), auth, CSRF, body limit (a forged or unauthenticated upload is refused
+    # before it is read).
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(CSRFMiddleware, trusted_origins=trusted_origins(settings.security.cors))
+    app.add_middleware(AuthMiddleware)
     app.add_middleware(TelemetryMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    cors = cors_middleware_kwargs(settings.security.cors)
+    if cors is not None:
+        app.add_middleware(CORSMiddleware, **cors)
+    if settings.security.security_headers:
+        app.add_middleware(SecurityHeadersMiddleware)
+    viewer = [Depends(require("viewer"))]
     app.include_router(health.router)
-    app.include_router(openai_router)
-    app.include_router(analytics_router)
-    app.include_router(routing_router)
-    app.include_router(assignments_router)
-    app.include_router(alerts_router)
-    app.include_router(decisions_router)
+    app.include_router(auth_router)
+    app.include_router(keys_router)
+    app.include_router(users_router)
+    app.include_router(openai_router, dependencies=viewer)
+    app.include_router(analytics_router, dependencies=viewer)
+    app.include_router(routing_router, dependencies=viewer)
+    app.include_router(assignments_router, dependencies=viewer)
+    app.include_router(alerts_router, dependencies=viewer)
+    app.include_router(decisions_router, dependencies=viewer)
     return app

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from helixflow import __version__
+from helixflow.cli_keys import register as register_account_commands
 from helixflow.config import ConfigFileError, ModelConfig, Settings, load_settings
 from helixflow.engine.bundled import BUNDLED_MODELS, find_bundled
 from helixflow.errors import StartupError
@@ -37,6 +38,7 @@ db_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(db_app, name="db")
+register_account_commands(app)
 
 ConfigOption = Annotated[
     Path | None,
@@ -145,6 +147,8 @@ async def _serve(settings: Settings) -> None:
         access_log=settings.server.access_log,
         log_config=None,
         timeout_graceful_shutdown=5,
+        ssl_certfile=str(settings.server.tls_certfile) if settings.server.tls_certfile else None,
+        ssl_keyfile=str(settings.server.tls_keyfile) if settings.server.tls_keyfile else None,
     )
     server = uvicorn.Server(uv_config)
     task = asyncio.create_task(server.serve())
@@ -165,10 +169,34 @@ async def _open_store(settings: Settings) -> Store:
 
     try:
         preflight(settings)
-        return await Store.open(settings)
+        store = await Store.open(settings)
     except StartupError as exc:
         Console(stderr=True).print(f"[red]Cannot start:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
+    try:
+        await _check_exposure(settings, store)
+    except StartupError as exc:
+        await store.close()
+        Console(stderr=True).print(f"[red]Cannot start:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    return store
+
+
+async def _check_exposure(settings: Settings, store: Store) -> None:
+    """No unauthenticated server on a network address (security/exposure.py)."""
+    from helixflow.security.exposure import check_exposure
+    from helixflow.store.repositories.api_keys import ApiKeyRepository
+    from helixflow.store.repositories.users import UserRepository
+
+    async def credentials_exist() -> bool:
+        if settings.security.bootstrap_admin.password():
+            return True  # the lifespan creates the admin before serving
+        database = store.database
+        return await UserRepository(database).count() > 0 or (
+            await ApiKeyRepository(database).any_unrevoked()
+        )
+
+    await check_exposure(settings.server.host, settings.security.auth, credentials_exist)
 
 
 def _print_banner(server: uvicorn.Server, settings: Settings) -> None:
@@ -179,7 +207,8 @@ def _print_banner(server: uvicorn.Server, settings: Settings) -> None:
         port = name[1]
         if sockets[0].family == socket.AF_INET6:
             host = f"[{host}]"
-    base = f"http://{host}:{port}"
+    scheme = "https" if settings.server.tls_certfile else "http"
+    base = f"{scheme}://{host}:{port}"
     first = settings.models[0].id
     console = Console()
     console.print(f"[bold green]HelixFlow {__version__}[/] listening on [bold]{base}[/]")

@@ -3,8 +3,8 @@
 Sources, highest precedence first: explicit overrides (CLI flags), environment variables
 (``HELIXFLOW_*``, nested with ``__``, e.g. ``HELIXFLOW_SERVER__PORT=9000``), an optional YAML
 file (``--config helixflow.yaml`` or ``HELIXFLOW_CONFIG``), then defaults that work on a laptop.
-No other module reads ``os.environ`` (``routing_config.py``, part of this tree, reads
-providers' API keys).
+No other module reads ``os.environ`` (``routing_config.py`` and ``security_config.py``, parts of
+this tree, read providers' API keys and the server's secrets).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from helixflow.routing_config import (
     RouterConfig,
     TargetTraits,
 )
+from helixflow.security_config import SecurityConfig
 
 DEFAULT_MODEL_ID = "smollm2-135m"
 CONFIG_ENV_VAR = "HELIXFLOW_CONFIG"
@@ -169,6 +170,20 @@ class ServerConfig(BaseModel):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
+    tls_certfile: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain): serve HTTPS (docs/security-hardening.md).",
+    )
+    tls_keyfile: Path | None = Field(default=None, description="Its PEM private key.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("set both server.tls_certfile and server.tls_keyfile, or neither")
+        for path in (self.tls_certfile, self.tls_keyfile):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file not found: {path}")
+        return self
 
 
 class DatabaseConfig(BaseModel):
@@ -330,6 +345,7 @@ class Settings(BaseSettings):
     )
     router: RouterConfig = Field(default_factory=RouterConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     @property
     def database_url(self) -> str:

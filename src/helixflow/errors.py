@@ -115,6 +115,15 @@ class QueueFullError(RateLimitError):
         )
 
 
+class BudgetExceededError(HelixFlowError):
+    """A key's or user's spend reached its budget for the period (OpenAI's quota error: not
+    worth retrying before the period resets)."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    default_code = "budget_exceeded"
+
+
 class ClientDisconnectedError(HelixFlowError):
     """The client went away; nobody will read this reply (logged as 499)."""
 

@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from helixflow.router.affinity import AffinityMap, prefix_key, session_key
-
-
-@dataclass
-class Clock:
-    t: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
+from tests.router.factories import Clock
 
 
 def test_a_key_maps_to_the_last_target_put() -> None:

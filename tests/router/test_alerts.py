@@ -28,6 +28,7 @@ from helixflow.router.alerts import (
 from helixflow.routing_config import AlertConfig
 from helixflow.store.database import Database
 from helixflow.store.repositories.alerts import AlertRepository
+from tests.router.factories import Clock
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 CONFIG = AlertConfig(
@@ -51,20 +52,11 @@ def window(
     )
 
 
-@dataclass
-class FakeClock:
-    """Monotonic seconds and wall time, moved by hand."""
-
-    t: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+class FakeClock(Clock):
+    """Monotonic seconds and wall time (T0 at the start), moved by hand."""
 
     def now(self) -> datetime:
         return T0 + timedelta(seconds=self.t - 1000.0)
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 @dataclass

@@ -7,6 +7,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from helixflow.router.assignment import (
     solve,
 )
 from helixflow.router.catalogue import Target
+from tests.router import factories
 
 
 def target(
@@ -31,22 +33,18 @@ def target(
     capabilities: Sequence[str] = ("chat", "tools"),
     quality: float | Mapping[str, float] = 0.5,
     price: tuple[float, float] = (0.0, 0.0),
-    region: str | None = None,
-    max_concurrency: int | None = None,
+    **fields: Any,
 ) -> Target:
+    """``p/<name>``; ``quality``: a general score or scores per category; ``price``: (input,
+    output) per million tokens."""
     scores = {"general": quality} if isinstance(quality, float | int) else dict(quality)
-    return Target(
-        id=f"p/{name}",
-        model=name,
-        provider="p",
-        upstream_model=name,
-        kind="upstream",
-        capabilities=frozenset(capabilities),
+    return factories.target(
+        f"p/{name}",
+        capabilities=capabilities,
         input_price_per_mtok=price[0],
         output_price_per_mtok=price[1],
         quality=MappingProxyType(scores),
-        region=region,
-        max_concurrency=max_concurrency,
+        **fields,
     )
 
 

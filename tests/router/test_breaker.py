@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from helixflow.router.breaker import CircuitBreaker
 from helixflow.router.signals import CircuitState
 from helixflow.routing_config import BreakerConfig
-
-
-@dataclass
-class Clock:
-    """Monotonic seconds, moved by hand."""
-
-    t: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
+from tests.router.factories import Clock
 
 
 def breaker(clock: Clock, **config: float) -> CircuitBreaker:

@@ -25,17 +25,10 @@ from helixflow.router.cache import (
     replay_chunks,
 )
 from helixflow.routing_config import ResponseCacheConfig
+from tests.router.factories import Clock
 from tests.tcp_proxy import TcpProxy
 
 CHAT = "/v1/chat/completions"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def reply(body: bytes = b'{"ok":true}', target: str = "acme/gpt-4o-mini") -> CachedReply:
@@ -179,12 +172,12 @@ async def test_memory_replacing_an_entry_counts_it_once() -> None:
 
 
 async def test_memory_entries_expire_after_ttl() -> None:
-    clock = FakeClock()
+    clock = Clock()
     cache = MemoryResponseCache(10, 10_000, 1_000, clock=clock)
     await cache.put("k", reply())
-    clock.now += 9.9
+    clock.advance(9.9)
     assert await cache.get("k") is not None  # a hit does not extend the TTL
-    clock.now += 0.1
+    clock.advance(0.1)
     assert await cache.get("k") is None
     stats = cache.stats()
     assert (stats.hits, stats.misses, stats.entries, stats.bytes) == (1, 1, 0, 0)
@@ -292,7 +285,7 @@ def closed_port() -> int:
 
 
 async def test_redis_down_is_a_miss_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
-    clock = FakeClock()
+    clock = Clock()
     client = redis_client(f"redis://127.0.0.1:{closed_port()}/0")
     cache = RedisResponseCache(client, 60, 1_000, "p:", clock=clock, pause_after_error_s=1.0)
     caplog.set_level(logging.WARNING, logger="helixflow.router.cache")
@@ -302,17 +295,17 @@ async def test_redis_down_is_a_miss_and_warns_once(caplog: pytest.LogCaptureFixt
         assert await cache.put("k", reply()) is False  # paused: Redis is not asked again
         assert await cache.get("k") is None
         assert cache.stats().errors == 1
-        clock.now += 1.0
+        clock.advance(1.0)
         assert await cache.put("k", reply()) is False  # the pause is over: it tries again
         assert cache.stats().errors == 2
-        clock.now += 1.0
+        clock.advance(1.0)
         assert await cache.get("k") is None
         stats = cache.stats()
         assert (stats.errors, stats.misses, stats.hits, stats.stores) == (3, 3, 0, 0)
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1  # three failures within 30 s: one warning
         assert "Redis" in warnings[0].getMessage()
-        clock.now += 30.0
+        clock.advance(30.0)
         assert await cache.get("k") is None
         assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
     finally:
@@ -330,7 +323,7 @@ async def test_redis_outage_and_recovery(redis_url: str, redis_key_prefix: str) 
     parts = urlsplit(redis_url)
     proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
     await proxy.start()
-    clock = FakeClock()
+    clock = Clock()
     client = redis_client(via_proxy(redis_url, proxy.port))
     cache = RedisResponseCache(client, 60, 1_000, redis_key_prefix, clock=clock)
     try:
@@ -342,7 +335,7 @@ async def test_redis_outage_and_recovery(redis_url: str, redis_key_prefix: str) 
         assert cache.stats().errors == 1  # the put came within the pause
         await proxy.restore()
         assert await cache.get("k") is None  # still paused: Redis not asked
-        clock.now += 1.0
+        clock.advance(1.0)
         assert await cache.get("k") == reply()
         stats = cache.stats()
         assert (stats.hits, stats.misses, stats.stores, stats.errors) == (2, 2, 1, 1)

@@ -4,8 +4,7 @@ scripted attempt function and a sleep that only records its delays."""
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pytest
@@ -22,31 +21,19 @@ from helixflow.router.catalogue import Catalogue, Target
 from helixflow.router.dispatch import Dispatcher, DispatchError, Lease
 from helixflow.router.health import HealthBoard
 from helixflow.router.router import RequestNeeds, RoutePlan, Router
-from helixflow.router.strategies import AdaptiveStrategy, Strategy, make_strategy
+from helixflow.router.strategies import AdaptiveStrategy, Strategy
 from helixflow.routing_config import BreakerConfig, GroupConfig, RetryConfig, RouterConfig
 from helixflow.store.telemetry.events import RoutingEvent
+from tests.router.factories import StrategyFactory, target
 
 CHAT = RequestNeeds(capabilities=frozenset({"chat"}))
-
-
-def target(target_id: str, fallbacks: tuple[str, ...] = ()) -> Target:
-    provider, model = target_id.split("/")
-    return Target(
-        id=target_id,
-        model=model,
-        provider=provider,
-        upstream_model=model,
-        kind="local" if provider == "local" else "upstream",
-        capabilities=frozenset({"chat", "completions"}),
-        fallbacks=fallbacks,
-    )
-
+CAPABILITIES = ("chat", "completions")
 
 # acme/main falls back to backup/spare, then to local/tiny.
 TARGETS = [
-    target("acme/main", fallbacks=("backup/spare", "local/tiny")),
-    target("backup/spare"),
-    target("local/tiny", fallbacks=("backup/spare",)),
+    target("acme/main", capabilities=CAPABILITIES, fallbacks=("backup/spare", "local/tiny")),
+    target("backup/spare", capabilities=CAPABILITIES),
+    target("local/tiny", capabilities=CAPABILITIES, fallbacks=("backup/spare",)),
 ]
 
 
@@ -145,16 +132,11 @@ def setup(
         breaker=breaker or BreakerConfig(failure_threshold=100, min_requests=1000),
     )
     catalogue = Catalogue(TARGETS, config.groups)
-    made: list[Strategy] = []
-
-    def factory(name: str, options: Mapping[str, object]) -> Strategy:
-        made.append(make_strategy(name, options, random.Random(7)))
-        return made[-1]
-
+    factory = StrategyFactory(seed=7)
     health = HealthBoard(catalogue, config.breaker)
     router = Router(catalogue, health, config, strategy_factory=factory)
     sleeps = Sleeps()
-    return Setup(router, Dispatcher(router, retry, sleep=sleeps), sleeps, retry, made)
+    return Setup(router, Dispatcher(router, retry, sleep=sleeps), sleeps, retry, factory.made)
 
 
 def in_flight(s: Setup) -> dict[str, int]:

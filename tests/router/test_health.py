@@ -4,41 +4,16 @@ circuit transitions, on a hand-moved clock."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import pytest
 
-from helixflow.router.catalogue import Target
 from helixflow.router.health import HealthBoard
 from helixflow.router.signals import Outcome
 from helixflow.routing_config import BreakerConfig
-
-
-@dataclass
-class Clock:
-    t: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
-def target(target_id: str, *, local: bool = False) -> Target:
-    provider, model = target_id.split("/")
-    return Target(
-        id=target_id,
-        model=model,
-        provider=provider,
-        upstream_model=model,
-        kind="local" if local else "upstream",
-        capabilities=frozenset({"chat"}),
-    )
-
+from tests.router.factories import Clock, target
 
 UP = target("acme/m")
-LOCAL = target("local/tiny", local=True)
+LOCAL = target("local/tiny")
 BREAKER = BreakerConfig(failure_threshold=2, min_requests=1000, open_s=30.0)
 
 

@@ -3,8 +3,7 @@ feedback, over a hand-built catalogue and health board."""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,56 +14,30 @@ from helixflow.router.catalogue import Catalogue, Target
 from helixflow.router.health import HealthBoard
 from helixflow.router.router import RequestNeeds, RoutePlan, Router
 from helixflow.router.signals import CircuitState, Outcome
-from helixflow.router.strategies import AdaptiveStrategy, Strategy, make_strategy
+from helixflow.router.strategies import AdaptiveStrategy
 from helixflow.routing_config import GroupConfig, RetryConfig, RouterConfig
+from tests.router import factories
+from tests.router.factories import Clock, StrategyFactory
 
 CHAT = RequestNeeds(capabilities=frozenset({"chat"}))
 GENERATION = frozenset({"chat", "completions", "tools", "json"})
-
-
-@dataclass
-class Clock:
-    t: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def target(
     target_id: str,
     *,
     capabilities: Iterable[str] = GENERATION,
-    context_window: int | None = None,
     price: float = 0.0,
-    quality: dict[str, float] | None = None,
-    fallbacks: tuple[str, ...] = (),
+    **fields: Any,
 ) -> Target:
-    provider, model = target_id.split("/")
-    return Target(
-        id=target_id,
-        model=model,
-        provider=provider,
-        upstream_model=model,
-        kind="local" if provider == "local" else "upstream",
-        capabilities=frozenset(capabilities),
-        context_window=context_window,
+    """``price``: per million input and output tokens alike."""
+    return factories.target(
+        target_id,
+        capabilities=capabilities,
         input_price_per_mtok=price,
         output_price_per_mtok=price,
-        quality=quality or {},
-        fallbacks=fallbacks,
+        **fields,
     )
-
-
-class Factory:
-    """make_strategy with a seeded generator, keeping every strategy it made."""
-
-    def __init__(self) -> None:
-        self.made: list[Strategy] = []
-
-    def __call__(self, name: str, options: Mapping[str, object]) -> Strategy:
-        strategy = make_strategy(name, options, random.Random(1))
-        self.made.append(strategy)
-        return strategy
 
 
 @dataclass
@@ -72,7 +45,7 @@ class Setup:
     router: Router
     health: HealthBoard
     catalogue: Catalogue
-    factory: Factory
+    factory: StrategyFactory
 
     def plan(self, requested: str, needs: RequestNeeds = CHAT) -> RoutePlan:
         return self.router.plan(requested, needs)
@@ -98,7 +71,7 @@ def setup(
     )
     catalogue = Catalogue(targets, config.groups, default_strategy=default_strategy)
     health = HealthBoard(catalogue, config.breaker, clock=Clock())
-    factory = Factory()
+    factory = StrategyFactory(seed=1)
     router = Router(catalogue, health, config, strategy_factory=factory)
     return Setup(router, health, catalogue, factory)
 

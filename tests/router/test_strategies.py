@@ -10,6 +10,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,8 @@ from helixflow.router.strategies import (
     Strategy,
     make_strategy,
 )
+from tests.router import factories
+from tests.router.factories import Clock
 
 ALL_NAMES = {
     "weighted",
@@ -35,27 +38,10 @@ ALL_NAMES = {
 CTX = RouteContext()
 
 
-def target(
-    name: str,
-    *,
-    weight: float = 1.0,
-    max_concurrency: int | None = None,
-    price_in: float = 0.0,
-    price_out: float = 0.0,
-    quality: dict[str, float] | None = None,
-) -> Target:
-    return Target(
-        id=f"p/{name}",
-        model=name,
-        provider="p",
-        upstream_model=name,
-        kind="upstream",
-        capabilities=frozenset({"chat"}),
-        input_price_per_mtok=price_in,
-        output_price_per_mtok=price_out,
-        quality=quality or {},
-        weight=weight,
-        max_concurrency=max_concurrency,
+def target(name: str, *, price_in: float = 0.0, price_out: float = 0.0, **fields: Any) -> Target:
+    """``p/<name>``; ``price_in``/``price_out``: per million input/output tokens."""
+    return factories.target(
+        f"p/{name}", input_price_per_mtok=price_in, output_price_per_mtok=price_out, **fields
     )
 
 
@@ -289,20 +275,12 @@ def test_quality_prefers_the_best_target_within_budget() -> None:
 # --- adaptive ---------------------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def simulate(
     strategy: Strategy,
     behaviour: dict[str, tuple[float, float]],
     rounds: int,
     rng: random.Random,
-    clock: FakeClock | None = None,
+    clock: Clock | None = None,
 ) -> list[str]:
     """Route ``rounds`` requests; each target succeeds with probability p in latency ms."""
     candidates = [stats(name) for name in behaviour]
@@ -313,7 +291,7 @@ def simulate(
         strategy.observe(f"p/{name}", Outcome(success=rng.random() < p, latency_ms=latency))
         chosen.append(name)
         if clock is not None:
-            clock.now += 1.0
+            clock.advance(1.0)
     return chosen
 
 
@@ -350,7 +328,7 @@ def test_adaptive_turns_away_from_a_target_that_starts_failing() -> None:
 
 
 def test_adaptive_with_a_half_life_relearns_after_a_change() -> None:
-    clock = FakeClock()
+    clock = Clock(t=0.0)
     strategy = make_strategy("adaptive", {"half_life_s": 20}, random.Random(14), clock=clock)
     world = {"fast": (1.0, 300.0), "flaky": (0.5, 300.0)}
     simulate(strategy, world, 300, random.Random(15), clock)
@@ -360,19 +338,19 @@ def test_adaptive_with_a_half_life_relearns_after_a_change() -> None:
 
 
 def test_adaptive_evidence_fades_with_the_half_life() -> None:
-    clock = FakeClock()
+    clock = Clock(t=0.0)
     strategy = AdaptiveStrategy({"half_life_s": 10}, clock=clock)
     for _ in range(8):
         strategy.observe("p/a", Outcome(success=True, latency_ms=10))
     assert strategy.posterior("p/a") == (9.0, 1.0)
-    clock.now = 10.0
+    clock.t = 10.0
     assert strategy.posterior("p/a") == pytest.approx((5.0, 1.0))
-    clock.now = 20.0
+    clock.t = 20.0
     strategy.observe("p/a", Outcome(success=False, latency_ms=10))
     assert strategy.posterior("p/a") == pytest.approx((3.0, 2.0))
     without = AdaptiveStrategy({}, clock=clock)
     without.observe("p/a", Outcome(success=True, latency_ms=10))
-    clock.now = 1e6
+    clock.t = 1e6
     assert without.posterior("p/a") == (2.0, 1.0)
 
 

@@ -65,6 +65,8 @@ class RequestRecord:
     error_type: str | None = None
     error_code: str | None = None
     cache_hit: bool = False
+    api_key_id: str | None = None
+    user_id: str | None = None
     target: Target | None = None
     """The target that served it, for its prices."""
 
@@ -116,6 +118,8 @@ class RequestRecord:
             http_status=http_status,
             latency_ms=round((time.monotonic() - self.started) * 1000, 3),
             client_request_id=self.client_request_id,
+            api_key_id=self.api_key_id,
+            user_id=self.user_id,
             agent_id=self.agent_id,
             end_user=self.end_user,
             requested_model=self.requested_model,
@@ -130,12 +134,15 @@ class RequestRecord:
             ttft_ms=ttft,
             streamed=self.streamed,
             cache_hit=self.cache_hit,
-            cost_usd=(
-                0.0
-                if self.target is None or self.cache_hit
-                else round(self.target.cost(self.prompt_tokens, self.completion_tokens), 10)
-            ),
+            cost_usd=self.cost_usd,
         )
+
+    @property
+    def cost_usd(self) -> float:
+        """What the request cost at its target's prices (a cache hit costs nothing)."""
+        if self.target is None or self.cache_hit:
+            return 0.0
+        return round(self.target.cost(self.prompt_tokens, self.completion_tokens), 10)
 
 
 class _WatchedStream:

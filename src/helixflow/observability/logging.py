@@ -6,6 +6,8 @@ import logging
 
 from rich.logging import RichHandler
 
+from helixflow.observability.redaction import install_redaction
+
 
 def configure_logging(level: str = "info") -> None:
     handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
@@ -18,3 +20,4 @@ def configure_logging(level: str = "info") -> None:
     )
     for noisy in ("uvicorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    install_redaction(logging.getLogger())  # keys, tokens and passwords never reach a log

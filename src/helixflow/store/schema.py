@@ -297,6 +297,101 @@ class KVSession(TimestampMixin, Base):
     )
 
 
+# --- security --------------------------------------------------------------------------------
+
+
+class User(TimestampMixin, Base):
+    """A person who logs in to the dashboard and owns API keys."""
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint("role IN ('admin', 'developer', 'viewer')", name="role"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """``usr_<random>``: also what ``inference_requests.user_id`` holds."""
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str | None] = mapped_column(String(256))
+    display_name: Mapped[str | None] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    """argon2id; None for a user who may only use keys."""
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The user's own LimitSet (rpm, tpm, max_parallel, budget_usd, budget_period)."""
+    last_login_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class ApiKey(Base):
+    """An API key. The key itself is never stored: only a keyed hash (HMAC-SHA256 with the
+    server secret) to look it up, and its first characters to recognize it."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index(None, "owner_id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """``key_<random>``: also what ``inference_requests.api_key_id`` holds."""
+    name: Mapped[str] = mapped_column(String(128))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16), default="developer")
+    allowed_models: Mapped[list[Any] | None] = mapped_column(JSON)
+    """None: every model."""
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    max_parallel: Mapped[int | None] = mapped_column(Integer)
+    budget_usd: Mapped[float | None] = mapped_column(Money)
+    budget_period: Mapped[str] = mapped_column(String(16), default="month")
+    expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_used_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(
+        Timestamp, default=utcnow, server_default=func.current_timestamp()
+    )
+    created_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class RefreshToken(Base):
+    """A dashboard session's refresh token (by its id). Tokens of one login form a family:
+    each refresh spends one and issues the next; a spent one shown again revokes the family."""
+
+    __tablename__ = "refresh_tokens"
+    __table_args__ = (Index(None, "family_id"), Index(None, "user_id"))
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    issued_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    used_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class SigningKey(Base):
+    """An RS256 key pair for access tokens; the private half encrypted with the server
+    secret. Old keys stay (for verification) until their last token has expired."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(16), default="RS256")
+    public_pem: Mapped[str] = mapped_column(Text)
+    private_encrypted: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    """No longer signs; still verifies until ``expires_at``."""
+    expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class RevokedToken(Base):
+    """The denylist: access tokens logged out before they expire (by ``jti``)."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+
+
 # --- audit -----------------------------------------------------------------------------------
 
 

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import insert
 
-from helixflow.api.admin.analytics import get_now, router
-from helixflow.api.errors import install_error_handlers
+from helixflow.api.admin.analytics import router
 from helixflow.store.database import Database
 from helixflow.store.repositories.telemetry import TelemetryRepository
 from helixflow.store.schema import Agent, AgentModelAssignment, Model
 from helixflow.store.telemetry.events import InferenceEvent
+from tests.api.admin.harness import NOW, admin_app, asgi_client, assert_400, assert_needs_a_database
 
-NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 BASE = "/api/v1/analytics"
 
 LATENCIES = [100.0, 300.0, 200.0, 400.0, 1000.0]
@@ -83,13 +81,7 @@ async def client(database: Database) -> AsyncIterator[httpx.AsyncClient]:
             insert(AgentModelAssignment),
             [{"agent_id": 1, "model_id": 1, "score": 0.75, "active": True}],
         )
-    app = FastAPI()
-    install_error_handlers(app)
-    app.include_router(router)
-    app.state.database = database
-    app.dependency_overrides[get_now] = lambda: NOW
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with asgi_client(admin_app(router, database)) as http:
         yield http
 
 
@@ -278,31 +270,15 @@ async def test_usage_figures_and_default_group(client: httpx.AsyncClient) -> Non
 async def test_bad_input_is_a_400_envelope(
     client: httpx.AsyncClient, path: str, params: dict[str, str], param: str
 ) -> None:
-    response = await client.get(f"{BASE}{path}", params=params)
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == "invalid_request_error"
-    assert error["param"] == param
-    assert error["message"]
+    assert_400(await client.get(f"{BASE}{path}", params=params), param)
 
 
 async def test_without_a_database() -> None:
-    app = FastAPI()
-    install_error_handlers(app)
-    app.include_router(router)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test"
-    ) as http:
-        response = await http.get(f"{BASE}/routing")
-    assert response.status_code == 503
-    assert response.json()["error"]["code"] == "service_unavailable"
+    await assert_needs_a_database(router, f"{BASE}/routing")
 
 
 def test_openapi_schema() -> None:
-    app = FastAPI()
-    app.include_router(router)
-    schema = app.openapi()
+    schema = admin_app(router).openapi()
     paths = schema["paths"]
     assert set(paths) == {
         f"{BASE}/routing",

@@ -12,14 +12,13 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from helixflow.api.admin.assignments import router
-from helixflow.api.errors import install_error_handlers
 from helixflow.config import ModelConfig, Settings
 from helixflow.router import assignment
 from helixflow.router.catalogue import Catalogue
 from helixflow.routing_config import ProviderConfig, ProviderModelConfig
 from helixflow.store.database import Database
-from helixflow.store.migrate import Migrator
 from helixflow.store.schema import AgentModelAssignment, Model, Provider
+from tests.api.admin.harness import admin_app, asgi_client
 
 ASSIGN = "/api/v1/router/assign"
 LIST = "/api/v1/router/assignments"
@@ -74,13 +73,9 @@ def settings(clean_env: None) -> Settings:
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database(f"sqlite:///{tmp_path / 'helixflow.db'}")
-    await Migrator(db).upgrade()
-    try:
-        yield db
-    finally:
-        await db.dispose()
+def database_url(tmp_path: Path) -> str:
+    """SQLite only: the ``database`` fixture migrates it."""
+    return f"sqlite:///{tmp_path / 'helixflow.db'}"
 
 
 @pytest.fixture
@@ -90,19 +85,15 @@ def host(settings: Settings) -> FakeRouter:
 
 @pytest.fixture
 def app(settings: Settings, database: Database, host: FakeRouter) -> FastAPI:
-    app = FastAPI()
-    install_error_handlers(app)
-    app.include_router(router)
+    app = admin_app(router, database)
     app.state.settings = settings
-    app.state.database = database
     app.state.router = host
     return app
 
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with asgi_client(app) as http:
         yield http
 
 

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
-from helixflow.api.admin.analytics import get_now
 from helixflow.api.admin.decisions import router
-from helixflow.api.errors import install_error_handlers
 from helixflow.store.database import Database
 from helixflow.store.repositories.telemetry import TelemetryRepository
+from tests.api.admin.harness import (
+    BAD_RANGES,
+    NOW,
+    admin_app,
+    asgi_client,
+    assert_400,
+    assert_needs_a_database,
+)
 from tests.store.factories import routing_event
 
-NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 URL = "/api/v1/router/decisions"
 SUMMARY_URL = "/api/v1/router/decisions/summary"
 
@@ -75,23 +79,13 @@ DECISIONS: dict[str, tuple[float, dict[str, Any]]] = {
 }
 
 
-def app_for(database: Database | None) -> FastAPI:
-    app = FastAPI()
-    install_error_handlers(app)
-    app.include_router(router)
-    app.state.database = database
-    app.dependency_overrides[get_now] = lambda: NOW
-    return app
-
-
 @pytest.fixture
 async def client(database: Database) -> AsyncIterator[httpx.AsyncClient]:
     telemetry = TelemetryRepository(database)
     for i, (minutes_ago, fields) in enumerate(DECISIONS.values()):
         created_at = NOW - timedelta(minutes=minutes_ago)
         assert await telemetry.insert([routing_event(i, created_at=created_at, **fields)]) == 1
-    transport = httpx.ASGITransport(app=app_for(database))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with asgi_client(admin_app(router, database)) as http:
         yield http
 
 
@@ -220,16 +214,6 @@ async def test_summary(client: httpx.AsyncClient) -> None:
     assert two_days["data"][0]["decisions"] == 3
 
 
-BAD_RANGES: list[tuple[dict[str, str], str]] = [
-    ({"window": "banana"}, "window"),
-    ({"window": "91d"}, "window"),
-    ({"window": "1h", "since": "2024-05-01T00:00:00Z"}, "window"),
-    ({"since": "yesterday"}, "since"),
-    ({"until": "2024-02-30T00:00:00Z"}, "until"),
-    ({"since": "2024-05-01T11:00:00Z", "until": "2024-05-01T10:00:00Z"}, "since"),
-]
-
-
 @pytest.mark.parametrize(
     ("params", "param"),
     [
@@ -267,26 +251,13 @@ async def test_bad_summary_range_is_a_400_envelope(
     assert_400(response, param)
 
 
-def assert_400(response: httpx.Response, param: str) -> None:
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == "invalid_request_error"
-    assert error["param"] == param
-    assert error["message"]
-
-
 @pytest.mark.parametrize("url", [URL, SUMMARY_URL])
 async def test_without_a_database(url: str) -> None:
-    transport = httpx.ASGITransport(app=app_for(None))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        response = await http.get(url)
-    assert response.status_code == 503
-    assert response.json()["error"]["code"] == "service_unavailable"
+    await assert_needs_a_database(router, url)
 
 
 def test_openapi_schema() -> None:
-    schema = app_for(None).openapi()
+    schema = admin_app(router).openapi()
     assert set(schema["paths"]) == {URL, SUMMARY_URL}
     operation = schema["paths"][URL]["get"]
     assert operation["tags"] == ["router"]

@@ -2,19 +2,20 @@
 
 Each endpoint takes a time range (``window``, or ``since``/``until``; see ``windows.py``) and
 answers with the resolved range beside its rows. Query parameters arrive as strings and are
-validated here, so that every refusal is a 400 envelope naming the parameter itself; their
-OpenAPI schemas still say what they accept.
+validated with ``params.py``, so that every refusal is a 400 envelope naming the parameter
+itself; their OpenAPI schemas still say what they accept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Literal, cast
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from helixflow.api.admin import params
+from helixflow.api.admin.params import LimitParam
 from helixflow.api.admin.windows import (
     BUCKETS,
     DEFAULT_WINDOW,
@@ -23,7 +24,7 @@ from helixflow.api.admin.windows import (
     parse_bucket,
     resolve_range,
 )
-from helixflow.errors import InvalidRequestError, ServiceUnavailableError
+from helixflow.errors import ServiceUnavailableError
 from helixflow.store.database import Database
 from helixflow.store.repositories.analytics import (
     GROUP_COLUMNS,
@@ -33,9 +34,6 @@ from helixflow.store.repositories.analytics import (
 )
 
 router = APIRouter(prefix="/api/v1/analytics", tags=["analytics"])
-
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 
 
 # --- dependencies ----------------------------------------------------------------------------
@@ -58,62 +56,43 @@ def get_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _schema(**schema: Any) -> Callable[[dict[str, Any]], None]:
-    """Replace a string parameter's generated schema with what it really accepts."""
-
-    def apply(generated: dict[str, Any]) -> None:
-        generated.clear()
-        generated.update(schema)
-
-    return apply
-
-
 WindowParam = Annotated[
     str | None,
     Query(
         description=f"How far back from now: 15m, 1h, 24h, 7d (at most 90d). "
         f"Default {DEFAULT_WINDOW}. Not with `since`.",
-        json_schema_extra=_schema(type="string", pattern=r"^([0-9]+[smhdw])+$"),
+        json_schema_extra=params.schema(type="string", pattern=r"^([0-9]+[smhdw])+$"),
     ),
 ]
 SinceParam = Annotated[
     str | None,
     Query(
         description="Start of the range (ISO-8601, inclusive; UTC when no offset is given).",
-        json_schema_extra=_schema(type="string", format="date-time"),
+        json_schema_extra=params.schema(type="string", format="date-time"),
     ),
 ]
 UntilParam = Annotated[
     str | None,
     Query(
         description="End of the range (ISO-8601, exclusive); default now.",
-        json_schema_extra=_schema(type="string", format="date-time"),
+        json_schema_extra=params.schema(type="string", format="date-time"),
     ),
 ]
 ModelParam = Annotated[str | None, Query(description="Only this served model.")]
 ProviderParam = Annotated[str | None, Query(description="Only this provider.")]
-LimitParam = Annotated[
-    str | None,
-    Query(
-        description=f"How many rows at most (1..{MAX_LIMIT}, default {DEFAULT_LIMIT}).",
-        json_schema_extra=_schema(
-            type="integer", minimum=1, maximum=MAX_LIMIT, default=DEFAULT_LIMIT
-        ),
-    ),
-]
 BucketParam = Annotated[
     str,
     Query(
         description=f"Bucket width; at most {MAX_BUCKETS} buckets per range "
         "(minute: up to 24h, hour: up to 60d).",
-        json_schema_extra=_schema(type="string", enum=list(BUCKETS), default="hour"),
+        json_schema_extra=params.schema(type="string", enum=list(BUCKETS), default="hour"),
     ),
 ]
 GroupByParam = Annotated[
     str,
     Query(
         description="Whose usage: per API key, per user or per end user (the `user` field).",
-        json_schema_extra=_schema(type="string", enum=list(GROUP_COLUMNS), default="api_key"),
+        json_schema_extra=params.schema(type="string", enum=list(GROUP_COLUMNS), default="api_key"),
     ),
 ]
 
@@ -129,39 +108,6 @@ def get_time_range(
 
 Analytics = Annotated[AnalyticsRepository, Depends(get_analytics)]
 Range = Annotated[TimeRange, Depends(get_time_range)]
-
-
-def _limit(value: str | None) -> int:
-    if value is None or not value.strip():
-        return DEFAULT_LIMIT
-    try:
-        limit = int(value.strip())
-    except ValueError:
-        raise InvalidRequestError(
-            f"Invalid limit {value!r}: expected an integer.", param="limit", code="invalid_limit"
-        ) from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidRequestError(
-            f"Invalid limit {limit}: it must be between 1 and {MAX_LIMIT}.",
-            param="limit",
-            code="invalid_limit",
-        )
-    return limit
-
-
-def _group_by(value: str) -> GroupBy:
-    name = value.strip()
-    if name not in GROUP_COLUMNS:
-        raise InvalidRequestError(
-            f"Invalid group_by {value!r}: use one of {', '.join(GROUP_COLUMNS)}.",
-            param="group_by",
-            code="invalid_group_by",
-        )
-    return cast(GroupBy, name)
-
-
-def _filter(value: str | None) -> str | None:
-    return value if value is not None and value.strip() else None
 
 
 # --- responses -------------------------------------------------------------------------------
@@ -275,7 +221,10 @@ async def routing_stats(
 ) -> RoutingStatsResponse:
     """Requests, success rate, latency percentiles, tokens and cost per (model, provider)."""
     rows = await analytics.routing_stats(
-        time_range.since, time_range.until, model=_filter(model), provider=_filter(provider)
+        time_range.since,
+        time_range.until,
+        model=params.present(model),
+        provider=params.present(provider),
     )
     return RoutingStatsResponse(
         since=time_range.since,
@@ -289,7 +238,9 @@ async def model_performance(
     analytics: Analytics, time_range: Range, model: ModelParam = None
 ) -> ModelPerformanceResponse:
     """Error rate, latency and TTFT (average, p50, p95) and throughput per served model."""
-    rows = await analytics.model_performance(time_range.since, time_range.until, _filter(model))
+    rows = await analytics.model_performance(
+        time_range.since, time_range.until, params.present(model)
+    )
     return ModelPerformanceResponse(
         since=time_range.since,
         until=time_range.until,
@@ -302,7 +253,7 @@ async def top_agent_models(
     analytics: Analytics, time_range: Range, limit: LimitParam = None
 ) -> AgentModelsResponse:
     """The most used (agent, model) pairs, with the agent's assignment score for the model."""
-    rows = await analytics.top_agent_models(time_range.since, time_range.until, _limit(limit))
+    rows = await analytics.top_agent_models(time_range.since, time_range.until, params.limit(limit))
     return AgentModelsResponse(
         since=time_range.since,
         until=time_range.until,
@@ -319,7 +270,9 @@ async def timeseries(
 ) -> TimeseriesResponse:
     """Requests, errors, tokens and latency per minute, hour or day."""
     name = cast(Bucket, parse_bucket(bucket, time_range))
-    rows = await analytics.timeseries(time_range.since, time_range.until, name, _filter(model))
+    rows = await analytics.timeseries(
+        time_range.since, time_range.until, name, params.present(model)
+    )
     return TimeseriesResponse(
         since=time_range.since,
         until=time_range.until,
@@ -336,8 +289,8 @@ async def usage(
     limit: LimitParam = None,
 ) -> UsageResponse:
     """Requests, errors, tokens and cost per API key, user or end user; busiest first."""
-    group = _group_by(group_by)
-    rows = await analytics.usage(time_range.since, time_range.until, group, _limit(limit))
+    group = cast(GroupBy, params.one_of(group_by, "group_by", GROUP_COLUMNS))
+    rows = await analytics.usage(time_range.since, time_range.until, group, params.limit(limit))
     return UsageResponse(
         since=time_range.since,
         until=time_range.until,

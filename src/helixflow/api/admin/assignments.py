@@ -15,10 +15,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal, cast
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from helixflow.api.auth import require
 from helixflow.errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
 from helixflow.router.assignment import (
     AgentSpec,
@@ -247,7 +248,7 @@ def _response(result: Assignment, dry_run: bool) -> AssignResponse:
 # --- endpoints -------------------------------------------------------------------------------
 
 
-@router.post("/assign", response_model=AssignResponse)
+@router.post("/assign", response_model=AssignResponse, dependencies=[Depends(require("admin"))])
 async def assign(body: AssignRequest, request: Request) -> AssignResponse:
     """Place each agent on a target maximizing the total score under the targets' capacity
     (the Hungarian algorithm; agents that fit nowhere are listed with the reason)."""

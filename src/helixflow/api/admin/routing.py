@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from helixflow.api.auth import require
 from helixflow.api.deps import get_router
 from helixflow.errors import NotFoundError
 from helixflow.router.catalogue import Target
@@ -120,6 +121,7 @@ async def list_targets(routing: Annotated[Router, Depends(get_router)]) -> Targe
     "/targets/{target_id:path}/circuit",
     response_model=TargetState,
     summary="Force a target's circuit open (drain) or closed",
+    dependencies=[Depends(require("admin"))],
 )
 async def set_circuit(
     target_id: str, body: CircuitChange, routing: Annotated[Router, Depends(get_router)]
@@ -153,6 +155,7 @@ async def list_groups(routing: Annotated[Router, Depends(get_router)]) -> GroupL
     "/feedback",
     response_model=FeedbackAccepted,
     summary="Rate a reply; the adaptive strategy learns from it",
+    dependencies=[Depends(require("developer"))],
 )
 async def post_feedback(
     body: Feedback, routing: Annotated[Router, Depends(get_router)]

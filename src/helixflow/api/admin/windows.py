@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from helixflow.api.admin.params import present
 from helixflow.errors import InvalidRequestError
 from helixflow.store.repositories.analytics import BUCKET_WIDTHS
 
@@ -108,7 +109,7 @@ def resolve_range(
     now: datetime | None = None,
 ) -> TimeRange:
     """The range the query parameters describe (blank parameters count as absent)."""
-    window, since, until = (_blank_to_none(v) for v in (window, since, until))
+    window, since, until = (present(v) for v in (window, since, until))
     if window is not None and since is not None:
         raise InvalidRequestError(
             "Give either 'window' or 'since' (with an optional 'until'), not both.",
@@ -163,10 +164,6 @@ def parse_bucket(bucket: str, time_range: TimeRange, *, param: str = "bucket") -
             code="too_many_buckets",
         )
     return name
-
-
-def _blank_to_none(value: str | None) -> str | None:
-    return None if value is None or not value.strip() else value
 
 
 def _utc_now(now: datetime | None) -> datetime:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from helixflow.api.auth import require
 from helixflow.api.deps import get_chat_service, get_gateway, get_settings
 from helixflow.api.openai.gateway import Call, Gateway, raw_body, record_of
 from helixflow.api.openai.needs import chat_needs
@@ -34,6 +35,7 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {
     response_model=ChatCompletion,
     responses={**_STREAM_DOC, **ERROR_RESPONSES},
     summary="Create a chat completion",
+    dependencies=[Depends(require("developer"))],
 )
 async def create_chat_completion(
     body: ChatCompletionRequest,

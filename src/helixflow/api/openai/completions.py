@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from helixflow.api.auth import require
 from helixflow.api.deps import get_completion_service, get_gateway, get_settings
 from helixflow.api.openai.gateway import Call, Gateway, raw_body, record_of
 from helixflow.api.openai.needs import completion_needs
@@ -31,6 +32,7 @@ router = APIRouter()
         **ERROR_RESPONSES,
     },
     summary="Create a text completion (legacy)",
+    dependencies=[Depends(require("developer"))],
 )
 async def create_completion(
     body: CompletionRequest,

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from helixflow.api.auth import require
 from helixflow.api.deps import get_embedding_service, get_gateway
 from helixflow.api.openai.gateway import Call, Gateway, raw_body, record_of
 from helixflow.api.openai.needs import embedding_needs
@@ -25,6 +26,7 @@ router = APIRouter()
     response_model=EmbeddingList,
     responses=ERROR_RESPONSES,
     summary="Create embeddings",
+    dependencies=[Depends(require("developer"))],
 )
 async def create_embeddings(
     body: EmbeddingRequest,

@@ -9,27 +9,30 @@ records the routing decision. Responses carry ``x-helixflow-target`` and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
+from helixflow.api.auth import principal_of
 from helixflow.api.openai.results import Result, StreamResult
 from helixflow.api.openai.upstream import open_stream, post_json, upstream_body
 from helixflow.api.streaming import SSE_HEADERS, until_disconnected
 from helixflow.api.telemetry import STATE_KEY, EventRecorder, RequestRecord
-from helixflow.errors import InvalidRequestError
+from helixflow.errors import InvalidRequestError, PermissionDeniedError
 from helixflow.providers.openai_compat import OpenAICompatProvider
 from helixflow.router.cache import CachedReply, ResponseCache, cache_key
 from helixflow.router.cache_replay import replay_chunks
 from helixflow.router.catalogue import Target
 from helixflow.router.dispatch import Dispatcher, DispatchError, Lease
 from helixflow.router.router import RequestNeeds, Router
+from helixflow.security.identity import Principal
 from helixflow.store.telemetry.events import TelemetryEvent
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,23 @@ def record_of(request: Request) -> RequestRecord:
     )
 
 
+class Admission(Protocol):
+    """A request let through the limits: settle it with what it used, or release it."""
+
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+    async def settle(
+        self, completion_tokens: int, cost_usd: float, *, prompt_tokens: int | None = None
+    ) -> None: ...
+
+    async def release(self) -> None: ...
+
+
+class Limiter(Protocol):
+    async def admit(self, principal: Principal, model: str, prompt_tokens: int) -> Admission: ...
+
+
 class Gateway:
     def __init__(
         self,
@@ -95,7 +115,9 @@ class Gateway:
         providers: Mapping[str, OpenAICompatProvider],
         cache: ResponseCache | None,
         recorder: EventRecorder | None,
+        limiter: Limiter | None = None,
     ) -> None:
+        self._limiter = limiter
         self.router = router
         self._dispatcher = dispatcher
         self._providers = providers
@@ -104,11 +126,41 @@ class Gateway:
 
     async def serve(self, request: Request, call: Call, local: LocalRunner) -> Response:
         record = record_of(request)
+        principal = principal_of(request)
+        record.api_key_id, record.user_id = principal.key_id, principal.user_id
+        if not principal.may_use(call.model):
+            raise PermissionDeniedError(
+                f"This API key may not use the model '{call.model}'.",
+                param="model",
+                code="model_not_allowed",
+            )
+        if self._limiter is None:
+            return await self._serve(request, call, local, record, None)
+        admission = await self._limiter.admit(principal, call.model, call.needs.prompt_tokens)
+        try:
+            response = await self._serve(request, call, local, record, admission)
+        except BaseException:
+            await admission.release()
+            raise
+        response.headers.update(admission.headers)
+        return response
+
+    async def _serve(
+        self,
+        request: Request,
+        call: Call,
+        local: LocalRunner,
+        record: RequestRecord,
+        admission: Admission | None,
+    ) -> Response:
         key = self._cache_key(request, call)
         if key is not None and self.cache is not None:
             hit = await self.cache.get(key)
             if hit is not None:
-                return self._from_cache(call, hit, record)
+                response = self._from_cache(call, hit, record)
+                if admission is not None:
+                    await admission.settle(record.completion_tokens, 0.0)
+                return response
         plan = self.router.plan(call.model, call.needs)
 
         async def attempt(target: Target) -> Result:
@@ -142,11 +194,15 @@ class Gateway:
         headers = {**result.headers, **lease.headers}
         if isinstance(result, StreamResult):
             return StreamingResponse(
-                self._relay(lease, result.chunks, record),
+                self._relay(lease, result.chunks, record, admission),
                 media_type="text/event-stream",
                 headers={**SSE_HEADERS, **headers},
             )
         lease.finish(True, completion_tokens=record.completion_tokens)
+        if admission is not None:
+            await admission.settle(
+                record.completion_tokens, record.cost_usd, prompt_tokens=record.prompt_tokens
+            )
         if key is not None and self.cache is not None:
             await self.cache.put(key, CachedReply(result.body, lease.target.id, time.time()))
         return Response(result.body, media_type="application/json", headers=headers)
@@ -192,7 +248,11 @@ class Gateway:
         return Response(hit.body, media_type="application/json", headers=headers)
 
     async def _relay(
-        self, lease: Lease[Result], chunks: AsyncIterator[bytes], record: RequestRecord
+        self,
+        lease: Lease[Result],
+        chunks: AsyncIterator[bytes],
+        record: RequestRecord,
+        admission: Admission | None,
     ) -> AsyncIterator[bytes]:
         """Pass the stream on; close the lease with how it went."""
         finished = False
@@ -218,6 +278,13 @@ class Gateway:
                 )
             else:
                 lease.abandon()
+            if admission is not None:
+                with contextlib.suppress(Exception):  # never fail a stream's close
+                    await admission.settle(
+                        record.completion_tokens,
+                        record.cost_usd,
+                        prompt_tokens=record.prompt_tokens,
+                    )
 
     def _record(self, event: TelemetryEvent) -> None:
         if self._recorder is not None:

@@ -11,12 +11,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from helixflow.api.auth import current_principal
 from helixflow.api.deps import get_engines, get_router
 from helixflow.api.openai.protocol import ErrorResponse, ModelCard, ModelList
 from helixflow.engine.registry import EngineRegistry
 from helixflow.errors import ModelNotFoundError
 from helixflow.router.catalogue import Target
 from helixflow.router.router import Router
+from helixflow.security.identity import Principal
 
 router = APIRouter()
 
@@ -74,8 +76,10 @@ def _upstream_card(name: str, targets: list[Target], created: int) -> ModelCard:
 async def list_models(
     routing: Annotated[Router, Depends(get_router)],
     engines: Annotated[EngineRegistry, Depends(get_engines)],
+    principal: Annotated[Principal, Depends(current_principal)],
 ) -> ModelList:
-    return ModelList(data=list(_cards(routing, engines).values()))
+    cards = _cards(routing, engines)
+    return ModelList(data=[card for name, card in cards.items() if principal.may_use(name)])
 
 
 @router.get(
@@ -88,7 +92,10 @@ async def get_model(
     model: str,
     routing: Annotated[Router, Depends(get_router)],
     engines: Annotated[EngineRegistry, Depends(get_engines)],
+    principal: Annotated[Principal, Depends(current_principal)],
 ) -> ModelCard:
+    if not principal.may_use(model):
+        raise ModelNotFoundError(model)
     cards = _cards(routing, engines)
     card = cards.get(model)
     if card is None:
