@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -97,6 +98,17 @@ async def database(database_url: str) -> AsyncIterator[object]:
         yield db
     finally:
         await db.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """`serve` (run in-process by CLI tests) configures the root logger for the process; put
+    it back so that later tests' captured output holds no log lines."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

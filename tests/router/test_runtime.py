@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,17 +79,6 @@ def test_preflight_names_what_to_fix(sections: dict[str, Any], mentions: str) ->
         preflight(settings(**sections))
 
 
-@pytest.fixture
-def _logging_restored() -> Iterator[None]:
-    """`serve` configures the root logger; put it back for the tests that follow."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.mark.usefixtures("_logging_restored")
 def test_serve_refuses_to_start_without_a_provider_key(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(

@@ -182,9 +182,15 @@ def test_a_key_sees_and_uses_only_its_models(server: ServerProcess, admin: httpx
 
 def test_admin_actions_are_audited(admin: httpx.Client) -> None:
     new_key(admin, name="audited")
+    for state in ("open", "closed"):
+        drained = admin.post("/api/v1/router/targets/up/m/circuit", json={"state": state})
+        assert drained.status_code == 200
     entries = admin.get("/api/v1/audit", params={"window": "1h"}).json()["data"]
     actions = {entry["action"] for entry in entries}
-    assert {"user.login", "key.create"} <= actions
+    assert {"user.login", "key.create", "router.circuit"} <= actions
+    circuit = next(e for e in entries if e["action"] == "router.circuit")
+    assert circuit["target_id"] == "up/m"
+    assert circuit["after"] == {"circuit": "closed"}  # newest first
     created = next(e for e in entries if e["action"] == "key.create" and "audited" in str(e))
     assert created["actor"].startswith("user:")
 

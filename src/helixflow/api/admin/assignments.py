@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from helixflow.api.audit import audit
 from helixflow.api.auth import require
 from helixflow.errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
 from helixflow.router.assignment import (
@@ -273,7 +274,16 @@ async def assign(body: AssignRequest, request: Request) -> AssignResponse:
         await agents_repository.save_assignment(
             agents, [(p.agent, ids[p.target], p.score) for p in result.placements]
         )
+        before = dict(host.assignments) if hasattr(host, "assignments") else None
         await host.set_assignments(await agents_repository.active_assignments())
+        await audit(
+            request,
+            "router.assign",
+            "agents",
+            None,
+            before={"assignments": before} if before is not None else None,
+            after={"assignments": result.mapping(), "total_score": result.total_score},
+        )
     return _response(result, body.dry_run)
 
 

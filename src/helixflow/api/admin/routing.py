@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from helixflow.api.audit import audit
 from helixflow.api.auth import require
 from helixflow.api.deps import get_router
 from helixflow.errors import NotFoundError
@@ -124,14 +125,26 @@ async def list_targets(routing: Annotated[Router, Depends(get_router)]) -> Targe
     dependencies=[Depends(require("admin"))],
 )
 async def set_circuit(
-    target_id: str, body: CircuitChange, routing: Annotated[Router, Depends(get_router)]
+    target_id: str,
+    body: CircuitChange,
+    request: Request,
+    routing: Annotated[Router, Depends(get_router)],
 ) -> TargetState:
     target = routing.catalogue.target(target_id)
     if target is None:
         raise NotFoundError(
             f"There is no target '{target_id}'.", param="target_id", code="target_not_found"
         )
+    before = routing.health.circuit(target.id)
     routing.health.force(target, body.state)
+    await audit(
+        request,
+        "router.circuit",
+        "target",
+        target.id,
+        before={"circuit": before},
+        after={"circuit": body.state},
+    )
     return _state(routing, target)
 
 
