@@ -1,5 +1,5 @@
-"""Helpers shared by the benchmark scripts: ports, server processes, CPU accounting,
-percentiles, report formatting, run metadata."""
+"""Helpers shared by the benchmark scripts: ports, server processes, event loops, CPU
+accounting, percentiles, report formatting, run metadata, result files."""
 
 from __future__ import annotations
 
@@ -10,16 +10,23 @@ import contextlib
 import datetime as dt
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+import orjson
+from rich.console import Console
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
 
 # --------------------------------------------------------------------------- servers
 
@@ -101,6 +108,22 @@ def helixflow_env() -> dict[str, str]:
     """The caller's environment without its HELIXFLOW_* variables, which outrank a server's
     config file."""
     return {k: v for k, v in os.environ.items() if not k.startswith("HELIXFLOW_")}
+
+
+def helixflow_python() -> Path:
+    """The project's venv's Python (HelixFlow installed), else this one."""
+    venv_python = REPO_ROOT / ".venv" / "bin" / "python"
+    return venv_python if venv_python.exists() else Path(sys.executable)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop where installed (as the servers do), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 # --------------------------------------------------------------------------- CPU accounting
@@ -220,6 +243,37 @@ def run_metadata(repo_root: Path, dists: Sequence[str], **context: Any) -> dict[
         **context,
         "versions": versions,
     }
+
+
+# --------------------------------------------------------------------------- result files
+
+
+def save_results(
+    console: Console,
+    *,
+    json_out: Path | None,
+    data: Callable[[], Any],
+    markdown_out: Path | None = None,
+    text: Callable[[], str] | None = None,
+) -> None:
+    """Write ``data()`` to ``json_out`` (indented JSON) and ``text()`` to ``markdown_out``,
+    each only when given, making their directories; say what was written."""
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_bytes(orjson.dumps(data(), option=orjson.OPT_INDENT_2) + b"\n")
+        console.print(f"wrote {json_out}")
+    if markdown_out and text is not None:
+        markdown_out.parent.mkdir(parents=True, exist_ok=True)
+        markdown_out.write_text(text())
+        console.print(f"wrote {markdown_out}")
+
+
+def clean_up(console: Console, work_dir: Path, *, keep: bool) -> None:
+    """Remove a good run's temporary directory (logs, configs, data), unless asked to keep it."""
+    if keep:
+        console.print(f"logs kept in {work_dir}")
+    else:
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- CLI

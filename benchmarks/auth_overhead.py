@@ -53,28 +53,24 @@ Examples (the default run takes about 1.5 minutes):
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
 import json
 import os
 import re
 import secrets
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import redis
 import yaml
 from rich.console import Console
@@ -82,33 +78,48 @@ from rich.markup import escape
 from rich.table import Table
 
 from _common import (
+    REPO_ROOT,
     NotReady,
+    clean_up,
     fmt,
     free_port,
-    group_cpu_seconds,
-    helixflow_env,
     int_list,
-    machine_busy_seconds,
     markdown_table,
-    percentile,
-    process_cpu_seconds,
+    run_async,
     run_metadata,
+    save_results,
     server_process,
     wait_ready,
 )
-from stub_upstream import REPLY_TEXT
+from _load import (
+    WARMUP_CONCURRENCY,
+    ChatClient,
+    LoadLevel,
+    LoadRun,
+    LoadSettings,
+    Stub,
+    Watched,
+    add_load_arguments,
+    add_run_arguments,
+    busy_levels,
+    busy_note,
+    chat_call,
+    helixflow_command,
+    helixflow_config,
+    helixflow_data_env,
+    load_session,
+    markdown_preamble,
+    probe_chat,
+    run_level,
+    stub_upstream,
+)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-STUB_SCRIPT = Path(__file__).resolve().with_name("stub_upstream.py")
 DEFAULT_JSON_OUT = REPO_ROOT / "benchmarks" / "results" / "auth_overhead.json"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-MODEL = "bench-model"
-PROMPT = "Say hello in five words."
 BASELINE = "noauth"
 CONFIGS = ("noauth", "auth-memory", "auth-redis")
 LIMITS_BACKEND = {"noauth": None, "auth-memory": "memory", "auth-redis": "redis"}
 """Each configuration's ``security.limits.backend`` (None: auth off, no key)."""
-WARMUP_CONCURRENCY = 16
 REMAINING_HEADER = "x-ratelimit-remaining-requests"
 LOG_RECORD = re.compile(r"^(?:\[[^\]]*\])?\s*(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s")
 """The first line of a record in a server's log (rich's handler: ``[time] LEVEL  logger: ...``)."""
@@ -116,8 +127,6 @@ PROBLEM_LEVELS = frozenset({"WARNING", "ERROR", "CRITICAL"})
 MAX_LOG_RECORDS = 12
 MAX_RECORD_LINES = 30
 BOX_CHARS = str.maketrans(dict.fromkeys("╭╮╰╯│─┃━", " "))
-BUSY_OTHER_PCT = 20.0
-"""Other processes' CPU % above which a level is flagged as measured on a busy machine."""
 
 console = Console(width=max(140, shutil.get_terminal_size().columns))
 
@@ -125,73 +134,28 @@ console = Console(width=max(140, shutil.get_terminal_size().columns))
 # --------------------------------------------------------------------------- measurements
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
-
-
 def _per_req_ms(cpu_s: float | None, n: int) -> float | None:
     return None if cpu_s is None or not n else round(1000 * cpu_s / n, 4)
 
 
 @dataclass(slots=True)
-class Level:
+class Level(LoadLevel):
     """One concurrency level of one configuration: every request's outcome."""
 
-    concurrency: int
-    wall_s: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-    errors: collections.Counter[str] = field(default_factory=collections.Counter)
     min_remaining: int | None = None
     """The lowest ``x-ratelimit-remaining-requests`` seen (auth configurations)."""
-    client_cpu_s: float = 0.0
-    gateway_cpu_s: float | None = None
-    stub_cpu_s: float | None = None
     redis_cpu_s: float | None = None
     redis_commands: int | None = None
-    machine_cpu_s: float | None = None
 
     @property
-    def ok(self) -> int:
-        return len(self.latencies)
-
-    @property
-    def requests(self) -> int:
-        return self.ok + sum(self.errors.values())
-
-    @property
-    def rps(self) -> float:
-        return self.ok / self.wall_s if self.wall_s > 0 else 0.0
-
-    @property
-    def other_cpu_s(self) -> float | None:
-        """CPU of every other process on the machine (not the client, gateway, stub or Redis:
-        other work on a shared machine)."""
-        if self.machine_cpu_s is None:
-            return None
-        own = self.client_cpu_s + (self.gateway_cpu_s or 0.0) + (self.stub_cpu_s or 0.0)
-        own += self.redis_cpu_s or 0.0
-        return max(self.machine_cpu_s - own, 0.0)
+    def side_cpu_s(self) -> float:
+        """Redis's CPU (auth-redis)."""
+        return self.redis_cpu_s or 0.0
 
     def summary(self) -> dict[str, Any]:
-        lat = self.latencies
-
-        def pct(seconds: float | None) -> float | None:
-            if seconds is None or self.wall_s <= 0:
-                return None
-            return round(100 * seconds / self.wall_s, 1)
-
+        pct = self.cpu_pct
         return {
-            "concurrency": self.concurrency,
-            "requests": self.requests,
-            "ok": self.ok,
-            "errors": sum(self.errors.values()),
-            "error_samples": [f"{n} x {msg}" for msg, n in self.errors.most_common(3)],
-            "wall_s": round(self.wall_s, 3),
-            "rps": round(self.rps, 1),
-            "latency_mean_ms": _ms(statistics.fmean(lat)) if lat else None,
-            "latency_p50_ms": _ms(percentile(lat, 50)),
-            "latency_p90_ms": _ms(percentile(lat, 90)),
-            "latency_p99_ms": _ms(percentile(lat, 99)),
+            **self.load_summary(),
             "gateway_cpu_ms_per_req": _per_req_ms(self.gateway_cpu_s, self.ok),
             "gateway_cpu_pct": pct(self.gateway_cpu_s),
             "redis_cpu_ms_per_req": _per_req_ms(self.redis_cpu_s, self.ok),
@@ -209,24 +173,17 @@ class Level:
 
 
 @dataclass(slots=True)
-class ConfigRun:
+class ConfigRun(LoadRun[Level]):
     """One HelixFlow configuration: how it was started, what was checked and measured."""
 
-    name: str
-    limits_backend: str | None
-    command: list[str] = field(default_factory=list)
-    levels: list[Level] = field(default_factory=list)
+    limits_backend: str | None = field(kw_only=True)
     checks: list[str] = field(default_factory=list)
     """Pre-flight checks passed (auth enforced, limit headers present)."""
     key_id: str | None = None
     key_prefix: str | None = None
     redis_keys_deleted: int | None = None
-    failed: str | None = None
-    log_file: str | None = None
     log_problems: list[str] = field(default_factory=list)
     """Warning and error records of the server's log (the first MAX_LOG_RECORDS)."""
-    sent: int = 0
-    """Requests sent, probes and warm-up included."""
 
     @property
     def auth(self) -> bool:
@@ -236,22 +193,11 @@ class ConfigRun:
         return next((lv for lv in self.levels if lv.concurrency == concurrency), None)
 
 
-@dataclass(slots=True)
-class Settings:
+@dataclass(slots=True, kw_only=True)
+class Settings(LoadSettings):
     configs: list[str]
-    concurrency: list[int]
-    duration_s: float
-    requests: int | None
-    warmup: int
     key_limit: int
     redis_url: str
-    timeout_s: float
-    ready_timeout_s: float
-    work_dir: Path
-
-    @property
-    def pool_size(self) -> int:
-        return max([*self.concurrency, WARMUP_CONCURRENCY])
 
 
 # --------------------------------------------------------------------------- Redis
@@ -305,178 +251,77 @@ class RedisProbe:
 # --------------------------------------------------------------------------- load generator
 
 
-class Client:
-    """Closed-loop load against one base URL (``.../v1``), with or without an API key."""
+class Client(ChatClient[Level]):
+    """Closed-loop load against one base URL (``.../v1``), with or without an API key; with
+    one, every reply must carry the remaining-requests header."""
 
     def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: str | None) -> None:
-        self.session = session
-        self.url = base_url + "/chat/completions"
-        self.headers = {"Content-Type": "application/json"}
-        if api_key is not None:
-            self.headers["Authorization"] = f"Bearer {api_key}"
+        super().__init__(session, base_url, api_key)
         self.check_limits = api_key is not None
-        messages = [{"role": "user", "content": PROMPT}]
-        self.body = orjson.dumps({"model": MODEL, "messages": messages, "max_tokens": 16})
 
-    async def chat(self, level: Level) -> None:
-        start = time.perf_counter()
-        try:
-            async with self.session.post(self.url, data=self.body, headers=self.headers) as resp:
-                raw = await resp.read()
-                status = resp.status
-                remaining = resp.headers.get(REMAINING_HEADER)
-            elapsed = time.perf_counter() - start
-            if status != 200:
-                level.errors[f"HTTP {status}: {raw[:100].decode(errors='replace')}"] += 1
-                return
-            content = orjson.loads(raw)["choices"][0]["message"]["content"]
-            if content != REPLY_TEXT:
-                level.errors[f"wrong content: {str(content)[:60]!r}"] += 1
-                return
-            if self.check_limits:
-                if remaining is None:
-                    level.errors[f"no {REMAINING_HEADER} header"] += 1
-                    return
-                value = int(remaining)
-                if level.min_remaining is None or value < level.min_remaining:
-                    level.min_remaining = value
-            level.latencies.append(elapsed)
-        except (aiohttp.ClientError, TimeoutError, ValueError, LookupError, TypeError) as exc:
-            level.errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+    def accept(self, headers: Mapping[str, str], level: Level) -> str | None:
+        if self.check_limits:
+            remaining = headers.get(REMAINING_HEADER)
+            if remaining is None:
+                return f"no {REMAINING_HEADER} header"
+            value = int(remaining)
+            if level.min_remaining is None or value < level.min_remaining:
+                level.min_remaining = value
+        return None
 
 
 @dataclass(frozen=True, slots=True)
-class Watched:
-    """What a level's CPU accounting looks at."""
+class Meters:
+    """What a level's accounting looks at: the processes' CPU, and Redis (auth-redis)."""
 
-    gateway_pgid: int
-    stub_pid: int
+    processes: Watched
     redis: RedisProbe | None
 
 
-async def run_level(
-    client: Client, level: Level, duration_s: float | None, requests: int | None, watched: Watched
+async def run_metered(
+    client: Client, level: Level, duration_s: float | None, requests: int | None, meters: Meters
 ) -> Level:
-    """``level.concurrency`` workers, each sending its next request when the last one ends,
-    until ``requests`` were sent or ``duration_s`` passed."""
-    issued = 0
-    deadline = 0.0
-
-    async def worker() -> None:
-        nonlocal issued
-        while True:
-            if requests is not None:
-                if issued >= requests:
-                    return
-                issued += 1
-            elif time.perf_counter() >= deadline:
-                return
-            await client.chat(level)
-
-    redis0 = watched.redis.counters() if watched.redis else None
-    gw0 = group_cpu_seconds(watched.gateway_pgid)
-    stub0 = process_cpu_seconds(watched.stub_pid)
-    machine0 = machine_busy_seconds()
-    cpu0 = time.process_time()
-    start = time.perf_counter()
-    deadline = start + (duration_s or 0.0)
-    await asyncio.gather(*(worker() for _ in range(level.concurrency)))
-    level.wall_s = time.perf_counter() - start
-    level.client_cpu_s = time.process_time() - cpu0
-    if machine0 is not None and (machine1 := machine_busy_seconds()) is not None:
-        level.machine_cpu_s = machine1 - machine0
-    if gw0 is not None and (gw1 := group_cpu_seconds(watched.gateway_pgid)) is not None:
-        level.gateway_cpu_s = gw1 - gw0
-    if stub0 is not None and (stub1 := process_cpu_seconds(watched.stub_pid)) is not None:
-        level.stub_cpu_s = stub1 - stub0
-    if redis0 is not None and watched.redis and (redis1 := watched.redis.counters()):
+    """:func:`run_level` with ``client.chat``, and Redis's CPU and commands meanwhile."""
+    redis0 = meters.redis.counters() if meters.redis else None
+    await run_level(client.chat, level, duration_s, requests, meters.processes)
+    if redis0 is not None and meters.redis and (redis1 := meters.redis.counters()):
         level.redis_cpu_s = redis1[0] - redis0[0]
         level.redis_commands = redis1[1] - redis0[1]
     return level
 
 
 async def measure(
-    run: ConfigRun, base_url: str, api_key: str | None, settings: Settings, watched: Watched
+    run: ConfigRun, base_url: str, api_key: str | None, settings: Settings, meters: Meters
 ) -> None:
-    connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=0)
-    timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with load_session(settings.pool_size, settings.timeout_s) as session:
         client = Client(session, base_url, api_key)
-        if settings.warmup:
-            warm = await run_level(
-                client, Level(WARMUP_CONCURRENCY), None, settings.warmup, watched
-            )
-            run.sent += warm.requests
-            if warm.errors:
-                msg, n = warm.errors.most_common(1)[0]
-                raise RuntimeError(f"warm-up: {n} of {warm.requests} failed: {msg}")
-        for concurrency in settings.concurrency:
-            level = await run_level(
-                client, Level(concurrency), settings.duration_s, settings.requests, watched
-            )
-            run.levels.append(level)
-            run.sent += level.requests
-            _progress(run.name, level)
+        await run.load(partial(run_metered, client, meters=meters), Level, settings, _progress)
 
 
 def _progress(name: str, level: Level) -> None:
     s = level.summary()
     errors = f", [red]{s['errors']} errors[/red]" if s["errors"] else ""
     console.print(
-        f"  {name} c={level.concurrency}: {s['ok']:,} ok in {s['wall_s']:.1f} s, "
+        f"  {name} {level.label}: {s['ok']:,} ok in {s['wall_s']:.1f} s, "
         f"{s['rps']:,.0f} req/s, p50 {s['latency_p50_ms']} ms, "
         f"gateway CPU {fmt(s['gateway_cpu_ms_per_req'], 3)} ms/req{errors}"
     )
 
 
-def run_async(coro: Any) -> Any:
-    """Run on uvloop where installed (as the servers do), else asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
 # --------------------------------------------------------------------------- servers
-
-
-def http_call(url: str, api_key: str | None) -> tuple[int, dict[str, str], str]:
-    """One blocking chat completion: (status, headers, start of the body); 0: no answer."""
-    body = orjson.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 16}
-    )
-    headers = {"Content-Type": "application/json"}
-    if api_key is not None:
-        headers["Authorization"] = f"Bearer {api_key}"
-    req = urllib.request.Request(url + "/chat/completions", data=body, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            hdrs = {k.lower(): v for k, v in resp.headers.items()}
-            return int(resp.status), hdrs, resp.read(300).decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        hdrs = {k.lower(): v for k, v in exc.headers.items()}
-        return int(exc.code), hdrs, exc.read(300).decode(errors="replace")
-    except (urllib.error.URLError, OSError) as exc:
-        return 0, {}, str(exc)
 
 
 def preflight(run: ConfigRun, base_url: str, api_key: str | None) -> None:
     """The configuration does what it claims: NotReady otherwise."""
     if run.auth:
         for label, key in (("no key", None), ("a wrong key", "sk-wrong-" + secrets.token_hex(16))):
-            code, _, text = http_call(base_url, key)
+            code, _, text = chat_call(base_url, key)
             run.sent += 1
             if code != 401:
                 raise NotReady(f"auth not enforced: {label} got HTTP {code}, not 401: {text[:200]}")
         run.checks.append("no key and a wrong key get 401")
-    code, headers, text = http_call(base_url, api_key)
     run.sent += 1
-    if code != 200:
-        raise NotReady(f"{MODEL} answered HTTP {code}: {text[:200]}")
-    if REPLY_TEXT not in text:
-        raise NotReady(f"unexpected reply: {text[:200]}")
+    headers = probe_chat(base_url, api_key)
     if run.auth:
         if REMAINING_HEADER not in headers:
             raise NotReady(f"limits not applied: the key's reply has no {REMAINING_HEADER} header")
@@ -484,11 +329,6 @@ def preflight(run: ConfigRun, base_url: str, api_key: str | None) -> None:
         run.checks.append(f"the key gets 200 with {REMAINING_HEADER} (limit {limit})")
     else:
         run.checks.append("no key gets 200")
-
-
-def helixflow_python() -> Path:
-    venv_python = REPO_ROOT / ".venv" / "bin" / "python"
-    return venv_python if venv_python.exists() else Path(sys.executable)
 
 
 def write_config(run: ConfigRun, stub_url: str, settings: Settings) -> Path:
@@ -502,19 +342,14 @@ def write_config(run: ConfigRun, stub_url: str, settings: Settings) -> Path:
             run.key_prefix = f"helixflow:bench-auth:{secrets.token_hex(6)}:"
             limits["key_prefix"] = run.key_prefix
         security = {"auth": "required", "limits": limits}
-    config = {
-        "providers": [{"name": "stub", "base_url": stub_url + "/v1", "models": [MODEL]}],
-        "telemetry": {"enabled": True},
-        "security": security,
-    }
+    config = helixflow_config(stub_url, security=security)
     config_file = settings.work_dir / f"{run.name}.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     return config_file
 
 
 def server_env(run: ConfigRun, settings: Settings) -> dict[str, str]:
-    env = helixflow_env()
-    env["HELIXFLOW_DATA_DIR"] = str(settings.work_dir / f"{run.name}-data")
+    env = helixflow_data_env(settings.work_dir / f"{run.name}-data")
     if run.limits_backend == "redis":
         env["HELIXFLOW_REDIS_URL"] = settings.redis_url
     return env
@@ -523,9 +358,8 @@ def server_env(run: ConfigRun, settings: Settings) -> dict[str, str]:
 def create_key(run: ConfigRun, config_file: Path, env: dict[str, str], settings: Settings) -> str:
     """A key made with ``helixflow keys create`` in the configuration's database."""
     limit = str(settings.key_limit)
-    cmd = [str(helixflow_python()), "-m", "helixflow", "keys", "create", "--name"]
-    cmd += [f"bench-{run.name}", "--rpm", limit, "--tpm", limit, "--json"]
-    cmd += ["--config", str(config_file)]
+    cmd = helixflow_command("keys", "create", "--name", f"bench-{run.name}")
+    cmd += ["--rpm", limit, "--tpm", limit, "--json", "--config", str(config_file)]
     console.print("  " + " ".join(cmd), style="dim", soft_wrap=True, markup=False)
     try:
         done = subprocess.run(
@@ -583,20 +417,18 @@ def log_problems(log_file: Path) -> list[str]:
 
 
 def run_config(
-    run: ConfigRun, stub: tuple[str, int], settings: Settings, redis_probe: RedisProbe | None
+    run: ConfigRun, stub: Stub, settings: Settings, redis_probe: RedisProbe | None
 ) -> None:
     """Start the configuration's server, check it, load it, stop it; failures land in ``run``."""
-    stub_url, stub_pid = stub
     console.rule(f"[bold]{run.name}")
     log_file = settings.work_dir / f"{run.name}.log"
     run.log_file = str(log_file)
     try:
-        config_file = write_config(run, stub_url, settings)
+        config_file = write_config(run, stub.url, settings)
         env = server_env(run, settings)
         api_key = create_key(run, config_file, env, settings) if run.auth else None
         port = free_port()
-        cmd = [str(helixflow_python()), "-m", "helixflow", "serve", "--config", str(config_file)]
-        run.command = [*cmd, "--port", str(port)]
+        run.command = helixflow_command("serve", "--config", str(config_file), "--port", str(port))
         console.print("  " + " ".join(run.command), style="dim", soft_wrap=True, markup=False)
         url = f"http://127.0.0.1:{port}"
         with server_process(run.command, log_file=log_file, cwd=settings.work_dir, env=env) as proc:
@@ -604,8 +436,8 @@ def run_config(
             preflight(run, url + "/v1", api_key)
             console.print(f"  checks: {'; '.join(run.checks)}", style="dim")
             probe = redis_probe if run.limits_backend == "redis" else None
-            watched = Watched(proc.pid, stub_pid, probe)
-            run_async(measure(run, url + "/v1", api_key, settings, watched))
+            meters = Meters(Watched(proc.pid, stub.pid), probe)
+            run_async(measure(run, url + "/v1", api_key, settings, meters))
     except Exception as exc:  # report it and go on with the next configuration
         run.failed = f"{type(exc).__name__}: {exc}"
         console.print(f"[red]{run.name} failed:[/red] {escape(run.failed)}; log: {log_file}")
@@ -623,7 +455,7 @@ def run_config(
 
 
 def run_all(settings: Settings) -> dict[str, ConfigRun]:
-    runs = {name: ConfigRun(name, LIMITS_BACKEND[name]) for name in settings.configs}
+    runs = {name: ConfigRun(name, limits_backend=LIMITS_BACKEND[name]) for name in settings.configs}
     redis_probe: RedisProbe | None = None
     if "auth-redis" in runs:
         redis_probe = RedisProbe(settings.redis_url)
@@ -638,16 +470,11 @@ def run_all(settings: Settings) -> dict[str, ConfigRun]:
             console.print(f"[red]{escape(runs['auth-redis'].failed)}[/red]")
             redis_probe.close()
             redis_probe = None
-    stub_port = free_port()
-    stub_url = f"http://127.0.0.1:{stub_port}"
-    stub_cmd = [sys.executable, str(STUB_SCRIPT), "--port", str(stub_port)]
-    log = settings.work_dir / "stub.log"
     try:
-        with server_process(stub_cmd, log_file=log, cwd=settings.work_dir, env=os.environ) as stub:
-            run_async(wait_ready(stub, stub_url + "/v1/models", 30, "stub upstream"))
+        with stub_upstream(settings.work_dir) as stub:
             for run in runs.values():
                 if run.failed is None:
-                    run_config(run, (stub_url, stub.pid), settings, redis_probe)
+                    run_config(run, stub, settings, redis_probe)
     finally:
         if redis_probe is not None:
             redis_probe.close()
@@ -769,23 +596,10 @@ def _table(title: str, headers: list[str], rows: list[list[str]], caption: str =
     return table
 
 
-def busy_levels(runs: dict[str, ConfigRun]) -> list[str]:
-    out = []
-    for name, run in runs.items():
-        for level in run.levels:
-            other = level.summary()["other_cpu_pct"]
-            if other is not None and other > BUSY_OTHER_PCT:
-                out.append(f"{name} c={level.concurrency} ({other:.0f} %)")
-    return out
-
-
 def _load_note(settings: Settings) -> str:
-    per_level = (
-        f"{settings.requests} requests" if settings.requests else f"{settings.duration_s:g} s"
-    )
     return (
-        f"{per_level} per level after {settings.warmup} warm-up requests at concurrency "
-        f"{WARMUP_CONCURRENCY}; key limits {settings.key_limit:,} RPM and TPM"
+        f"{settings.load_note()} at concurrency {WARMUP_CONCURRENCY}; key limits "
+        f"{settings.key_limit:,} RPM and TPM"
     )
 
 
@@ -826,8 +640,8 @@ def print_report(runs: dict[str, ConfigRun], settings: Settings, meta: dict[str,
         console.print(_table("cost of auth + limits over noauth", ADDED_HEADERS, rows))
     if busy := busy_levels(runs):
         console.print(
-            f"[yellow]other processes used more than {BUSY_OTHER_PCT:g} % of a core during "
-            f"{', '.join(busy)}:[/yellow] those figures are noisier; run again when it is quiet"
+            f"[yellow]{busy_note(busy)}:[/yellow] those figures are noisier; run again when it "
+            "is quiet"
         )
     for line in notes(runs):
         style = "red" if " FAILED: " in line or " ERRORS: " in line else "dim"
@@ -840,16 +654,11 @@ def print_report(runs: dict[str, ConfigRun], settings: Settings, meta: dict[str,
 
 
 def markdown(runs: dict[str, ConfigRun], settings: Settings, meta: dict[str, Any]) -> str:
-    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
-    out = [
-        f"Measured {meta['date']} on {meta['cpus']} CPUs ({meta['machine']}), shared by the "
-        f"load generator, the stub, the gateway and Redis (nothing pinned); commit "
-        f"{meta['git_commit']}; {versions}. {_load_note(settings)}. One HelixFlow process per "
-        "configuration, telemetry into SQLite.",
-        "",
-        f"Command: `{meta['command']}`",
-        "",
-    ]
+    out = markdown_preamble(
+        meta,
+        "the load generator, the stub, the gateway and Redis",
+        f"{_load_note(settings)}. One HelixFlow process per configuration, telemetry into SQLite.",
+    )
     out += markdown_table(LEVEL_HEADERS, level_rows(runs, settings))
     out += [CPU_NOTE + ".", ""]
     if rows := added_rows(runs, settings):
@@ -857,10 +666,7 @@ def markdown(runs: dict[str, ConfigRun], settings: Settings, meta: dict[str, Any
         out += markdown_table(ADDED_HEADERS, rows)
     out += [f"- {line}" for line in notes(runs)]
     if busy := busy_levels(runs):
-        out.append(
-            f"- other processes used more than {BUSY_OTHER_PCT:g} % of a core during "
-            f"{', '.join(busy)}"
-        )
+        out.append(f"- {busy_note(busy)}")
     return "\n".join(out) + "\n"
 
 
@@ -934,25 +740,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[1, 16],
         help="concurrency levels, comma separated (default: 1,16)",
     )
-    add(
-        "--duration",
-        type=float,
-        default=8.0,
-        help="seconds per level and configuration (default: 8); ignored with --requests",
-    )
-    add(
-        "--requests",
-        type=int,
-        default=None,
-        help="a fixed number of requests per level and configuration instead of --duration",
-    )
-    add(
-        "--warmup",
-        type=int,
-        default=300,
-        help=f"warm-up requests per configuration at concurrency {WARMUP_CONCURRENCY}, not "
-        "measured (default: 300)",
-    )
+    add_load_arguments(parser, unit="configuration", duration_s=8.0)
     add(
         "--configs",
         type=config_list,
@@ -974,30 +762,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the bench key's RPM and TPM: high enough never to refuse, so every check runs "
         "and none refuses (default: 10,000,000)",
     )
-    add(
-        "--timeout",
-        type=float,
-        default=30.0,
-        help="per-request timeout in seconds; a request past it counts as an error (default: 30)",
-    )
-    add(
-        "--ready-timeout",
-        type=float,
-        default=180.0,
-        help="seconds to wait for each HelixFlow server to be ready (default: 180)",
-    )
-    add(
-        "--json-out",
-        type=Path,
-        default=DEFAULT_JSON_OUT,
-        help="machine-readable results (default: benchmarks/results/auth_overhead.json)",
-    )
-    add("--markdown-out", type=Path, default=None, help="also write the tables as Markdown here")
-    add(
-        "--keep-logs",
-        action="store_true",
-        help="keep the temporary directory (servers' logs, configs, data directories) after a "
-        "good run",
+    add_run_arguments(
+        parser,
+        ready="each HelixFlow server",
+        json_out=DEFAULT_JSON_OUT,
+        work_dir="servers' logs, configs, data directories",
     )
     args = parser.parse_args(argv)
     if args.requests is not None and args.requests < 1:
@@ -1015,17 +784,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
     work_dir = Path(tempfile.mkdtemp(prefix="helixflow-auth-"))
-    settings = Settings(
+    settings = Settings.from_args(
+        args,
+        work_dir,
         configs=args.configs,
-        concurrency=args.concurrency,
-        duration_s=args.duration,
-        requests=args.requests,
-        warmup=args.warmup,
         key_limit=args.key_limit,
         redis_url=args.redis_url,
-        timeout_s=args.timeout,
-        ready_timeout_s=args.ready_timeout,
-        work_dir=work_dir,
     )
     console.print(
         f"configurations {', '.join(settings.configs)}; {os.cpu_count()} CPUs, nothing pinned; "
@@ -1043,25 +807,19 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[yellow]interrupted[/yellow]; logs in {work_dir}")
         return 130
     print_report(runs, settings, meta)
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_bytes(
-            orjson.dumps(to_json(runs, settings, meta), option=orjson.OPT_INDENT_2) + b"\n"
-        )
-        console.print(f"wrote {args.json_out}")
-    if args.markdown_out:
-        args.markdown_out.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown_out.write_text(markdown(runs, settings, meta))
-        console.print(f"wrote {args.markdown_out}")
+    save_results(
+        console,
+        json_out=args.json_out,
+        data=lambda: to_json(runs, settings, meta),
+        markdown_out=args.markdown_out,
+        text=lambda: markdown(runs, settings, meta),
+    )
     failed = any(run.failed for run in runs.values())
     errors = any(level.errors for run in runs.values() for level in run.levels)
     if failed or errors:
         console.print(f"[red]some configurations failed or had errors; logs in {work_dir}[/red]")
         return 1
-    if args.keep_logs:
-        console.print(f"logs kept in {work_dir}")
-    else:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    clean_up(console, work_dir, keep=args.keep_logs)
     return 0
 
 

@@ -53,23 +53,19 @@ Examples (the default run takes 2-3 minutes, plus LiteLLM's one-time install):
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
 import contextlib
 import os
 import secrets
 import shutil
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -82,26 +78,46 @@ from rich.markup import escape
 from rich.table import Table
 
 from _common import (
-    NotReady,
+    REPO_ROOT,
+    clean_up,
     fmt,
     free_port,
-    group_cpu_seconds,
-    helixflow_env,
     int_list,
-    machine_busy_seconds,
     markdown_table,
     percentile,
+    run_async,
     run_metadata,
+    save_results,
     server_process,
     wait_ready,
 )
-from stub_upstream import REPLY_TEXT
+from _load import (
+    REQUEST_ERRORS,
+    WARMUP_CONCURRENCY,
+    ChatClient,
+    LoadLevel,
+    LoadRun,
+    LoadSettings,
+    Watched,
+    add_load_arguments,
+    add_run_arguments,
+    busy_levels,
+    busy_note,
+    chat_request,
+    helixflow_command,
+    helixflow_config,
+    helixflow_data_env,
+    load_session,
+    markdown_preamble,
+    ms,
+    probe_chat,
+    run_level,
+    stub_upstream,
+)
+from stub_upstream import MODEL, REPLY_TEXT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-STUB_SCRIPT = Path(__file__).resolve().with_name("stub_upstream.py")
 DEFAULT_JSON_OUT = REPO_ROOT / "benchmarks" / "results" / "gateway_overhead.json"
 DEFAULT_LITELLM_VENV = Path.home() / ".cache" / "helixflow" / "bench-venvs" / "litellm"
-MODEL = "bench-model"
 TARGETS = ("direct", "helixflow", "litellm")
 GATEWAYS = ("helixflow", "litellm")
 # The issue's targets: HelixFlow's p50 overhead at concurrency 1, and its requests/s over
@@ -110,8 +126,6 @@ MAX_OVERHEAD_MS = 1.0
 OVERHEAD_CONCURRENCY = 1
 MIN_RATIO = 5.0
 RATIO_CONCURRENCY = 64
-WARMUP_CONCURRENCY = 16
-PROMPT = "Say hello in five words."
 
 console = Console(width=max(150, shutil.get_terminal_size().columns))
 
@@ -119,73 +133,26 @@ console = Console(width=max(150, shutil.get_terminal_size().columns))
 # --------------------------------------------------------------------------- measurements
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
-
-
 @dataclass(slots=True)
-class Level:
+class Level(LoadLevel):
     """One concurrency level of one target: every request's outcome."""
 
-    mode: str  # "chat" (non-streamed) or "stream"
-    concurrency: int
-    wall_s: float = 0.0
-    latencies: list[float] = field(default_factory=list)
+    mode: str = "chat"  # "chat" (non-streamed) or "stream"
     ttfts: list[float] = field(default_factory=list)
-    errors: collections.Counter[str] = field(default_factory=collections.Counter)
     no_usage: int = 0
-    client_cpu_s: float = 0.0
-    gateway_cpu_s: float | None = None
-    stub_cpu_s: float | None = None
-    machine_cpu_s: float | None = None
-    """Busy CPU of the whole machine during the level: the three above and everything else."""
 
     @property
-    def other_cpu_s(self) -> float | None:
-        """CPU used by other processes on the machine (not the client, gateway or stub)."""
-        if self.machine_cpu_s is None:
-            return None
-        own = self.client_cpu_s + (self.gateway_cpu_s or 0.0) + (self.stub_cpu_s or 0.0)
-        return max(self.machine_cpu_s - own, 0.0)
-
-    @property
-    def ok(self) -> int:
-        return len(self.latencies)
-
-    @property
-    def requests(self) -> int:
-        return self.ok + sum(self.errors.values())
-
-    @property
-    def rps(self) -> float:
-        return self.ok / self.wall_s if self.wall_s > 0 else 0.0
+    def label(self) -> str:
+        return f"{self.mode} c={self.concurrency}"
 
     def summary(self) -> dict[str, Any]:
-        lat, ttft = self.latencies, self.ttfts
-
-        def pct(seconds: float | None) -> float | None:
-            return (
-                None
-                if seconds is None or self.wall_s <= 0
-                else round(100 * seconds / self.wall_s, 1)
-            )
-
+        lat, ttft, pct = self.latencies, self.ttfts, self.cpu_pct
         return {
             "mode": self.mode,
-            "concurrency": self.concurrency,
-            "requests": self.requests,
-            "ok": self.ok,
-            "errors": sum(self.errors.values()),
-            "error_samples": [f"{n} x {msg}" for msg, n in self.errors.most_common(3)],
-            "wall_s": round(self.wall_s, 3),
-            "rps": round(self.rps, 1),
-            "latency_mean_ms": _ms(statistics.fmean(lat)) if lat else None,
-            "latency_p50_ms": _ms(percentile(lat, 50)),
-            "latency_p90_ms": _ms(percentile(lat, 90)),
-            "latency_p99_ms": _ms(percentile(lat, 99)),
-            "latency_max_ms": _ms(max(lat)) if lat else None,
-            "ttft_p50_ms": _ms(percentile(ttft, 50)),
-            "ttft_p99_ms": _ms(percentile(ttft, 99)),
+            **self.load_summary(),
+            "latency_max_ms": ms(max(lat)) if lat else None,
+            "ttft_p50_ms": ms(percentile(ttft, 50)),
+            "ttft_p99_ms": ms(percentile(ttft, 99)),
             "stream_without_usage": self.no_usage if self.mode == "stream" else None,
             "client_cpu_pct": pct(self.client_cpu_s),
             "gateway_cpu_pct": pct(self.gateway_cpu_s),
@@ -200,16 +167,9 @@ class Level:
 
 
 @dataclass(slots=True)
-class TargetRun:
-    name: str
-    command: list[str] = field(default_factory=list)
+class TargetRun(LoadRun[Level]):
     version: str | None = None
-    levels: list[Level] = field(default_factory=list)
-    failed: str | None = None
     skipped: str | None = None
-    log_file: str | None = None
-    sent: int = 0
-    """Requests sent, warm-up and readiness probe included."""
     recorded: dict[str, int] | None = None
     """HelixFlow: rows in its telemetry tables after it stopped (every request recorded?)."""
 
@@ -219,17 +179,10 @@ class TargetRun:
         )
 
 
-@dataclass(slots=True)
-class Settings:
-    concurrency: list[int]
-    duration_s: float
-    requests: int | None
-    warmup: int
+@dataclass(slots=True, kw_only=True)
+class Settings(LoadSettings):
     stream_concurrency: int
     stream_duration_s: float
-    timeout_s: float
-    ready_timeout_s: float
-    work_dir: Path
     litellm_venv: Path
     install_litellm: bool
 
@@ -241,42 +194,12 @@ class Settings:
 # --------------------------------------------------------------------------- load generator
 
 
-class Client:
-    """Closed-loop load against one base URL (``.../v1``)."""
+class Client(ChatClient[Level]):
+    """Closed-loop load against one base URL (``.../v1``), non-streamed and streamed."""
 
     def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: str) -> None:
-        self.session = session
-        self.url = base_url + "/chat/completions"
-        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
-        messages = [{"role": "user", "content": PROMPT}]
-        self.body = orjson.dumps({"model": MODEL, "messages": messages, "max_tokens": 16})
-        self.stream_body = orjson.dumps(
-            {
-                "model": MODEL,
-                "messages": messages,
-                "max_tokens": 16,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-        )
-
-    async def chat(self, level: Level) -> None:
-        start = time.perf_counter()
-        try:
-            async with self.session.post(self.url, data=self.body, headers=self.headers) as resp:
-                raw = await resp.read()
-                status = resp.status
-            elapsed = time.perf_counter() - start
-            if status != 200:
-                level.errors[f"HTTP {status}: {raw[:100].decode(errors='replace')}"] += 1
-                return
-            content = orjson.loads(raw)["choices"][0]["message"]["content"]
-            if content != REPLY_TEXT:
-                level.errors[f"wrong content: {str(content)[:60]!r}"] += 1
-                return
-            level.latencies.append(elapsed)
-        except (aiohttp.ClientError, TimeoutError, ValueError, LookupError, TypeError) as exc:
-            level.errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+        super().__init__(session, base_url, api_key)
+        self.stream_body = chat_request(stream=True, stream_options={"include_usage": True})
 
     async def stream(self, level: Level) -> None:
         start = time.perf_counter()
@@ -310,7 +233,7 @@ class Client:
                             parts.append(text)
                         finish = choice.get("finish_reason") or finish
             elapsed = time.perf_counter() - start
-        except (aiohttp.ClientError, TimeoutError, ValueError, LookupError, TypeError) as exc:
+        except REQUEST_ERRORS as exc:
             level.errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
             return
         text = "".join(parts)
@@ -322,88 +245,21 @@ class Client:
         level.no_usage += not usage
 
 
-async def run_level(
-    send: Callable[[Level], Any],
-    level: Level,
-    duration_s: float | None,
-    requests: int | None,
-    pids: tuple[int | None, int | None],
-) -> Level:
-    """``level.concurrency`` workers, each sending its next request when the last one ends,
-    until ``requests`` were sent or ``duration_s`` passed."""
-    issued = 0
-    deadline = 0.0
-
-    async def worker() -> None:
-        nonlocal issued
-        while True:
-            if requests is not None:
-                if issued >= requests:
-                    return
-                issued += 1
-            elif time.perf_counter() >= deadline:
-                return
-            await send(level)
-
-    gateway_pid, stub_pid = pids
-    gw0 = group_cpu_seconds(gateway_pid) if gateway_pid else None
-    stub0 = group_cpu_seconds(stub_pid) if stub_pid else None
-    machine0 = machine_busy_seconds()
-    cpu0 = time.process_time()
-    start = time.perf_counter()
-    deadline = start + (duration_s or 0.0)
-    await asyncio.gather(*(worker() for _ in range(level.concurrency)))
-    level.wall_s = time.perf_counter() - start
-    level.client_cpu_s = time.process_time() - cpu0
-    if machine0 is not None and (machine1 := machine_busy_seconds()) is not None:
-        level.machine_cpu_s = machine1 - machine0
-    if gw0 is not None and gateway_pid and (gw1 := group_cpu_seconds(gateway_pid)) is not None:
-        level.gateway_cpu_s = gw1 - gw0
-    if stub0 is not None and stub_pid and (stub1 := group_cpu_seconds(stub_pid)) is not None:
-        level.stub_cpu_s = stub1 - stub0
-    return level
-
-
 async def measure(
-    run: TargetRun,
-    base_url: str,
-    api_key: str,
-    settings: Settings,
-    pids: tuple[int | None, int | None],
+    run: TargetRun, base_url: str, api_key: str, settings: Settings, watched: Watched
 ) -> None:
-    connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=0)
-    timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with load_session(settings.pool_size, settings.timeout_s) as session:
         client = Client(session, base_url, api_key)
-        if settings.warmup:
-            warm = await run_level(
-                client.chat, Level("chat", WARMUP_CONCURRENCY), None, settings.warmup, pids
-            )
-            run.sent += warm.requests
-            if warm.errors:
-                msg, n = warm.errors.most_common(1)[0]
-                raise RuntimeError(f"warm-up: {n} of {warm.requests} failed: {msg}")
-        for concurrency in settings.concurrency:
-            level = await run_level(
-                client.chat,
-                Level("chat", concurrency),
-                settings.duration_s,
-                settings.requests,
-                pids,
-            )
-            run.levels.append(level)
-            run.sent += level.requests
-            _progress(run.name, level)
+        await run.load(partial(run_level, client.chat, watched=watched), Level, settings, _progress)
         if settings.stream_concurrency:
             level = await run_level(
                 client.stream,
-                Level("stream", settings.stream_concurrency),
+                Level(settings.stream_concurrency, mode="stream"),
                 settings.stream_duration_s,
                 None,
-                pids,
+                watched,
             )
-            run.levels.append(level)
-            run.sent += level.requests
+            run.add(level)
             _progress(run.name, level)
 
 
@@ -411,68 +267,21 @@ def _progress(name: str, level: Level) -> None:
     s = level.summary()
     errors = f", [red]{s['errors']} errors[/red]" if s["errors"] else ""
     console.print(
-        f"  {name} {level.mode} c={level.concurrency}: {s['ok']} ok in {s['wall_s']:.1f} s, "
+        f"  {name} {level.label}: {s['ok']} ok in {s['wall_s']:.1f} s, "
         f"{s['rps']:,.0f} req/s, p50 {s['latency_p50_ms']} ms{errors}"
     )
-
-
-def run_async(coro: Any) -> Any:
-    """Run on uvloop where installed (as the servers do), else asyncio's loop."""
-    try:
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
 
 
 # --------------------------------------------------------------------------- servers
 
 
-def http_status(url: str, *, body: bytes | None = None, api_key: str = "unused") -> tuple[int, str]:
-    """One blocking request: (status, start of the body); status 0 when nothing answered."""
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
-    req = urllib.request.Request(url, data=body, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return int(resp.status), resp.read(300).decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read(300).decode(errors="replace")
-    except (urllib.error.URLError, OSError) as exc:
-        return 0, str(exc)
-
-
-def probe_chat(base_url: str, api_key: str) -> None:
-    """One request for the bench model; NotReady unless it answers 200 with the stub's text."""
-    body = orjson.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 16}
-    )
-    code, text = http_status(base_url + "/chat/completions", body=body, api_key=api_key)
-    if code != 200:
-        raise NotReady(f"{MODEL} answered HTTP {code}: {text[:200]}")
-    if REPLY_TEXT not in text:
-        raise NotReady(f"unexpected reply: {text[:200]}")
-
-
-def helixflow_python() -> Path:
-    venv_python = REPO_ROOT / ".venv" / "bin" / "python"
-    return venv_python if venv_python.exists() else Path(sys.executable)
-
-
 def helixflow_target(stub_url: str, settings: Settings) -> tuple[list[str], dict[str, str], str]:
     """(command, environment, readiness URL) of ``helixflow serve`` with the stub as provider."""
     port = free_port()
-    config = {
-        "providers": [{"name": "stub", "base_url": stub_url + "/v1", "models": [MODEL]}],
-        "telemetry": {"enabled": True},
-    }
     config_file = settings.work_dir / "helixflow.yaml"
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    cmd = [str(helixflow_python()), "-m", "helixflow", "serve", "--config", str(config_file)]
-    cmd += ["--port", str(port)]
-    env = helixflow_env()
-    env["HELIXFLOW_DATA_DIR"] = str(settings.work_dir / "helixflow-data")
+    config_file.write_text(yaml.safe_dump(helixflow_config(stub_url), sort_keys=False))
+    cmd = helixflow_command("serve", "--config", str(config_file), "--port", str(port))
+    env = helixflow_data_env(settings.work_dir / "helixflow-data")
     return cmd, env, f"http://127.0.0.1:{port}"
 
 
@@ -570,7 +379,7 @@ def run_gateway(
             run_async(wait_ready(proc, url + ready_path, settings.ready_timeout_s, run.name))
             run.sent += 1
             probe_chat(url + "/v1", api_key)
-            run_async(measure(run, url + "/v1", api_key, settings, (proc.pid, stub_pid)))
+            run_async(measure(run, url + "/v1", api_key, settings, Watched(proc.pid, stub_pid)))
         except Exception as exc:  # report it and go on with the next target
             run.failed = f"{type(exc).__name__}: {exc}"
             console.print(f"[red]{run.name} failed:[/red] {escape(run.failed)}; log: {log_file}")
@@ -579,24 +388,22 @@ def run_gateway(
 
 def run_all(targets: Sequence[str], settings: Settings) -> dict[str, TargetRun]:
     runs: dict[str, TargetRun] = {}
-    stub_port = free_port()
-    stub_url = f"http://127.0.0.1:{stub_port}"
-    stub_cmd = [sys.executable, str(STUB_SCRIPT), "--port", str(stub_port)]
-    log = settings.work_dir / "stub.log"
-    with server_process(stub_cmd, log_file=log, cwd=settings.work_dir, env=os.environ) as stub:
-        run_async(wait_ready(stub, stub_url + "/v1/models", 30, "stub upstream"))
+    with stub_upstream(settings.work_dir) as stub:
         for name in targets:
             run = runs[name] = TargetRun(name)
             console.rule(f"[bold]{name}")
             if name == "direct":
-                run.command = stub_cmd
+                run.command = stub.command
+                watched = Watched(None, stub.pid)
                 try:
-                    run_async(measure(run, stub_url + "/v1", "unused", settings, (None, stub.pid)))
+                    run_async(measure(run, stub.url + "/v1", "unused", settings, watched))
                 except Exception as exc:
                     run.failed = f"{type(exc).__name__}: {exc}"
-                    console.print(f"[red]direct failed:[/red] {escape(run.failed)}; log: {log}")
+                    console.print(
+                        f"[red]direct failed:[/red] {escape(run.failed)}; log: {stub.log_file}"
+                    )
             elif name == "helixflow":
-                cmd, env, url = helixflow_target(stub_url, settings)
+                cmd, env, url = helixflow_target(stub.url, settings)
                 with contextlib.suppress(PackageNotFoundError):
                     run.version = version("helixflow")
                 run_gateway(run, cmd, env, url, "/ready", "unused", settings, stub.pid)
@@ -617,7 +424,7 @@ def run_all(targets: Sequence[str], settings: Settings) -> dict[str, TargetRun]:
                     continue
                 run.version = litellm_version(script)
                 key = "sk-bench-" + secrets.token_hex(16)
-                cmd, env, url = litellm_target(script, stub_url, settings, key)
+                cmd, env, url = litellm_target(script, stub.url, settings, key)
                 run_gateway(run, cmd, env, url, "/health/readiness", key, settings, stub.pid)
     return runs
 
@@ -686,8 +493,6 @@ CPU_NOTE = (
     "CPU % is of one core, over the level's wall time: the gateway's process group, the stub, "
     'the load generator, and every other process on the machine ("other")'
 )
-BUSY_OTHER_PCT = 20.0
-"""Other processes' CPU % above which a level is flagged as measured on a busy machine."""
 RATIO_HEADERS = [
     "conc", "HelixFlow req/s", "LiteLLM req/s", "HelixFlow / LiteLLM",
     "HelixFlow p50 over direct ms", "LiteLLM p50 over direct ms",
@@ -796,8 +601,7 @@ def print_report(runs: dict[str, TargetRun], settings: Settings, meta: dict[str,
     busy = busy_levels(runs)
     if busy:
         console.print(
-            f"[yellow]other processes used more than {BUSY_OTHER_PCT:g} % of a core during "
-            f"{', '.join(busy)}:[/yellow] those figures are lower than on an idle machine; "
+            f"[yellow]{busy_note(busy)}:[/yellow] those figures are lower than on an idle machine; "
             "run again when it is quiet"
         )
     for v in verdicts(runs, settings):
@@ -808,9 +612,7 @@ def print_report(runs: dict[str, TargetRun], settings: Settings, meta: dict[str,
     for name, run in runs.items():
         for level in run.levels:
             for msg, n in level.errors.most_common(3):
-                console.print(
-                    f"  [red]{name} {level.mode} c={level.concurrency}:[/red] {n} x {escape(msg)}"
-                )
+                console.print(f"  [red]{name} {level.label}:[/red] {n} x {escape(msg)}")
         if run.recorded is not None:
             console.print(f"{name}: {recorded_note(run)}")
         if run.failed:
@@ -819,43 +621,25 @@ def print_report(runs: dict[str, TargetRun], settings: Settings, meta: dict[str,
             console.print(f"[yellow]{name} skipped:[/yellow] {escape(run.skipped)}")
 
 
-def busy_levels(runs: dict[str, TargetRun]) -> list[str]:
-    """Levels during which other processes used a noticeable share of the machine."""
-    out = []
-    for name, run in runs.items():
-        for level in run.levels:
-            other = level.summary()["other_cpu_pct"]
-            if other is not None and other > BUSY_OTHER_PCT:
-                out.append(f"{name} {level.mode} c={level.concurrency} ({other:.0f} %)")
-    return out
-
-
 def recorded_note(run: TargetRun) -> str:
     rows = ", ".join(f"{n:,} rows in {table}" for table, n in (run.recorded or {}).items())
     return f"{rows or 'no telemetry tables'} after {run.sent:,} requests sent (warm-up included)"
 
 
 def _load_note(settings: Settings) -> str:
-    per_level = (
-        f"{settings.requests} requests" if settings.requests else f"{settings.duration_s:g} s"
-    )
-    text = f"{per_level} per level after {settings.warmup} warm-up requests"
+    text = settings.load_note()
     if settings.stream_concurrency:
         text += f"; streamed: {settings.stream_duration_s:g} s at c={settings.stream_concurrency}"
     return text
 
 
 def markdown(runs: dict[str, TargetRun], settings: Settings, meta: dict[str, Any]) -> str:
-    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
-    out = [
-        f"Measured {meta['date']} on {meta['cpus']} CPUs ({meta['machine']}), shared by the "
-        f"load generator, the stub and the gateway (nothing pinned); commit "
-        f"{meta['git_commit']}; {versions}. {_load_note(settings)}. LiteLLM: one worker "
-        "(`--num_workers 1`), no database; HelixFlow: one process, telemetry into SQLite.",
-        "",
-        f"Command: `{meta['command']}`",
-        "",
-    ]
+    out = markdown_preamble(
+        meta,
+        "the load generator, the stub and the gateway",
+        f"{_load_note(settings)}. LiteLLM: one worker (`--num_workers 1`), no database; "
+        "HelixFlow: one process, telemetry into SQLite.",
+    )
     out += markdown_table(CHAT_HEADERS, chat_rows(runs, settings))
     out += [CPU_NOTE + ".", ""]
     if settings.stream_concurrency:
@@ -865,10 +649,7 @@ def markdown(runs: dict[str, TargetRun], settings: Settings, meta: dict[str, Any
         out += markdown_table(RATIO_HEADERS, ratio_rows(runs, settings))
     out += [f"- {v['target']}: {_mark(v['met'])} ({v['value']})" for v in verdicts(runs, settings)]
     if busy := busy_levels(runs):
-        out.append(
-            f"- other processes used more than {BUSY_OTHER_PCT:g} % of a core during "
-            f"{', '.join(busy)}"
-        )
+        out.append(f"- {busy_note(busy)}")
     for name, run in runs.items():
         if run.recorded is not None:
             out.append(f"- {name} telemetry: {recorded_note(run)}")
@@ -937,25 +718,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[1, 16, 64],
         help="concurrency levels of the non-streamed load, comma separated (default: 1,16,64)",
     )
-    add(
-        "--duration",
-        type=float,
-        default=10.0,
-        help="seconds per level and target (default: 10); ignored with --requests",
-    )
-    add(
-        "--requests",
-        type=int,
-        default=None,
-        help="a fixed number of requests per level and target instead of --duration",
-    )
-    add(
-        "--warmup",
-        type=int,
-        default=300,
-        help=f"warm-up requests per target at concurrency {WARMUP_CONCURRENCY}, not measured "
-        "(default: 300)",
-    )
+    add_load_arguments(parser, unit="target", duration_s=10.0)
     add(
         "--stream-concurrency",
         type=int,
@@ -982,30 +745,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="skip LiteLLM (with a note) instead of installing it when its venv is missing",
     )
-    add(
-        "--timeout",
-        type=float,
-        default=30.0,
-        help="per-request timeout in seconds; a request past it counts as an error (default: 30)",
-    )
-    add(
-        "--ready-timeout",
-        type=float,
-        default=180.0,
-        help="seconds to wait for a gateway to be ready (default: 180)",
-    )
-    add(
-        "--json-out",
-        type=Path,
-        default=DEFAULT_JSON_OUT,
-        help="machine-readable results (default: benchmarks/results/gateway_overhead.json)",
-    )
-    add("--markdown-out", type=Path, default=None, help="also write the tables as Markdown here")
-    add(
-        "--keep-logs",
-        action="store_true",
-        help="keep the temporary directory (servers' logs, configs, HelixFlow's data) after a "
-        "good run",
+    add_run_arguments(
+        parser,
+        ready="a gateway",
+        json_out=DEFAULT_JSON_OUT,
+        work_dir="servers' logs, configs, HelixFlow's data",
     )
     args = parser.parse_args(argv)
     if args.requests is not None and args.requests < 1:
@@ -1021,16 +765,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
     work_dir = Path(tempfile.mkdtemp(prefix="helixflow-gateway-"))
-    settings = Settings(
-        concurrency=args.concurrency,
-        duration_s=args.duration,
-        requests=args.requests,
-        warmup=args.warmup,
+    settings = Settings.from_args(
+        args,
+        work_dir,
         stream_concurrency=args.stream_concurrency,
         stream_duration_s=args.stream_duration,
-        timeout_s=args.timeout,
-        ready_timeout_s=args.ready_timeout,
-        work_dir=work_dir,
         litellm_venv=args.litellm_venv.expanduser(),
         install_litellm=not args.no_install,
     )
@@ -1057,23 +796,17 @@ def main(argv: list[str] | None = None) -> int:
     if (litellm := runs.get("litellm")) and litellm.version:
         meta["versions"]["litellm"] = litellm.version
     print_report(runs, settings, meta)
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_bytes(
-            orjson.dumps(to_json(runs, settings, meta), option=orjson.OPT_INDENT_2) + b"\n"
-        )
-        console.print(f"wrote {args.json_out}")
-    if args.markdown_out:
-        args.markdown_out.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown_out.write_text(markdown(runs, settings, meta))
-        console.print(f"wrote {args.markdown_out}")
+    save_results(
+        console,
+        json_out=args.json_out,
+        data=lambda: to_json(runs, settings, meta),
+        markdown_out=args.markdown_out,
+        text=lambda: markdown(runs, settings, meta),
+    )
     if any(run.failed for run in runs.values()):
         console.print(f"[red]some targets failed; logs in {work_dir}[/red]")
         return 1
-    if args.keep_logs:
-        console.print(f"logs kept in {work_dir}")
-    else:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    clean_up(console, work_dir, keep=args.keep_logs)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real HelixFlow server in a subprocess, on a free port, with real models."""
+"""Shared fixtures: a real HelixFlow server in a subprocess, on a free port, with real models;
+the PostgreSQL and Redis servers that CI provides (``.ci/run`` exports their URLs)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import redis
 import yaml
 
 CHAT_MODELS = ["smollm2-135m", "gemma3-270m"]
@@ -25,6 +27,7 @@ EMBEDDING_MODEL = "smollm2-embed"  # /v1/embeddings (mean pooling, Matryoshka si
 
 
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def postgres_dsn() -> str:
@@ -98,6 +101,26 @@ async def database(database_url: str) -> AsyncIterator[object]:
         yield db
     finally:
         await db.dispose()
+
+
+@pytest.fixture
+def redis_key_prefix() -> str:
+    """A prefix no other test uses, so tests may share one Redis, even in parallel."""
+    return f"helixflow-test:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+def redis_url(redis_key_prefix: str) -> Iterator[str]:
+    """The test Redis; keys under ``redis_key_prefix`` (only those) are deleted afterwards."""
+    url = os.environ.get("HELIXFLOW_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    yield url
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=redis_key_prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture(autouse=True)

@@ -12,17 +12,19 @@ from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from helixflow import __version__
-from helixflow.api import health
+from helixflow.api import health, ui
 from helixflow.api.admin.alerts import router as alerts_router
 from helixflow.api.admin.analytics import router as analytics_router
 from helixflow.api.admin.assignments import router as assignments_router
 from helixflow.api.admin.decisions import router as decisions_router
 from helixflow.api.admin.keys import router as keys_router
 from helixflow.api.admin.routing import router as routing_router
+from helixflow.api.admin.settings import router as settings_router
 from helixflow.api.admin.users import router as users_router
 from helixflow.api.auth import require
 from helixflow.api.auth_routes import router as auth_router
 from helixflow.api.errors import install_error_handlers
+from helixflow.api.metrics import HTTPMetricsMiddleware, metrics_router
 from helixflow.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from helixflow.api.openai.gateway import Gateway
 from helixflow.api.openai.routes import router as openai_router
@@ -33,6 +35,8 @@ from helixflow.api.telemetry import TelemetryMiddleware
 from helixflow.config import Settings
 from helixflow.engine.kvstore import SessionEngine, SessionKVStore
 from helixflow.engine.registry import EngineRegistry
+from helixflow.observability.metrics import Metrics
+from helixflow.observability.tracing import RequestIdSpanMiddleware, Tracing
 from helixflow.router.runtime import LocalInfo, RouterRuntime
 from helixflow.security.cors import cors_middleware_kwargs, trusted_origins
 from helixflow.security.csrf import CSRFMiddleware
@@ -55,9 +59,13 @@ def _local_info(engines: EngineRegistry) -> LocalInfo:
     return info
 
 
-def create_app(settings: Settings, given: Store | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, given: Store | None = None, tracing: Tracing | None = None
+) -> FastAPI:
     """``given``: a store the caller opened already (``helixflow serve`` opens it before binding,
-    to report a bad database cleanly); it is then closed with the app."""
+    to report a bad database cleanly); it is then closed with the app. ``tracing``: instead of
+    the one ``settings.observability`` describes (tests pass ``Tracing.for_tests(exporter)``)."""
+    traces = tracing if tracing is not None else Tracing.from_config(settings.observability)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -103,14 +111,20 @@ def create_app(settings: Settings, given: Store | None = None) -> FastAPI:
                 routing.cache,
                 store,
                 security.limiter,
+                tracing=traces,
+                metrics=metrics,
             )
             # Everything alive now (modules, schemas, the catalogue) lives as long as the
             # process: keep it out of the collector's sight, so that a full collection scans
             # only what requests allocate (it took ~100 ms, a p99 stall, otherwise).
             gc.collect()
             gc.freeze()
+            if metrics is not None:
+                metrics.start()
             yield
         finally:
+            if metrics is not None:
+                await metrics.close()
             if routing is not None:
                 await routing.close()
             if security is not None:
@@ -119,6 +133,7 @@ def create_app(settings: Settings, given: Store | None = None) -> FastAPI:
             if kv_store is not None:
                 await kv_store.drain()
             await store.close()
+            traces.shutdown()  # exports the spans still pending
 
     app = FastAPI(
         title="HelixFlow",
@@ -127,28 +142,46 @@ def create_app(settings: Settings, given: Store | None = None) -> FastAPI:
         "continuous batching and a router over local models and upstream OpenAI-compatible "
         "providers, behind the OpenAI API.",
         lifespan=lifespan,
+        telemetry=traces.fastapi_telemetry(),
     )
     app.state.settings = settings
     app.state.started_at = time.monotonic()
+    app.state.tracing = traces
+    observability = settings.observability
+    metrics = (
+        Metrics(observability, version=__version__, sources=app.state)
+        if observability.metrics_enabled
+        else None
+    )
+    app.state.metrics = metrics
     install_error_handlers(app)
-    # Outermost last: security headers, CORS, request id, telemetry (which records even a
+    # Outermost last: security headers, CORS, request id (and, tracing on, its attribute on
+    # the SERVER span FastAPI opened around all of these), telemetry (which records even a
     # refused request), auth, CSRF, body limit (a forged or unauthenticated upload is refused
     # before it is read).
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(CSRFMiddleware, trusted_origins=trusted_origins(settings.security.cors))
     app.add_middleware(AuthMiddleware)
     app.add_middleware(TelemetryMiddleware)
+    if traces.enabled:
+        app.add_middleware(RequestIdSpanMiddleware)
     app.add_middleware(RequestIdMiddleware)
     cors = cors_middleware_kwargs(settings.security.cors)
     if cors is not None:
         app.add_middleware(CORSMiddleware, **cors)
     if settings.security.security_headers:
         app.add_middleware(SecurityHeadersMiddleware)
+    if metrics is not None:  # outermost: it counts the status the client got
+        app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
     viewer = [Depends(require("viewer"))]
     app.include_router(health.router)
+    app.include_router(ui.router)
+    if metrics is not None:
+        app.include_router(metrics_router(observability.metrics_path))
     app.include_router(auth_router)
     app.include_router(keys_router)
     app.include_router(users_router)
+    app.include_router(settings_router)
     app.include_router(openai_router, dependencies=viewer)
     app.include_router(analytics_router, dependencies=viewer)
     app.include_router(routing_router, dependencies=viewer)

@@ -120,7 +120,7 @@ def serve(
     if model is not None:
         update["models"] = [model_from_argument(model)]
     settings = settings.model_copy(update=update)
-    configure_logging(settings.server.log_level)
+    configure_logging(settings.server.log_level, settings.observability.log_format)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_serve(settings))
 

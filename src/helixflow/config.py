@@ -21,6 +21,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from helixflow.observability_config import ObservabilityConfig
 from helixflow.routing_config import (
     ProviderConfig,
     RedisConfig,
@@ -346,6 +347,7 @@ class Settings(BaseSettings):
     router: RouterConfig = Field(default_factory=RouterConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
 
     @property
     def database_url(self) -> str:
@@ -384,6 +386,10 @@ class Settings(BaseSettings):
 FLAT_ENV_ALIASES: dict[str, tuple[str, str]] = {
     "HELIXFLOW_DATABASE_URL": ("database", "url"),
     "HELIXFLOW_REDIS_URL": ("redis", "url"),
+    # OpenTelemetry's standard variables (the traces-specific one wins over the generic one).
+    "OTEL_SERVICE_NAME": ("observability", "service_name"),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("observability", "otlp_endpoint"),
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ("observability", "otlp_endpoint"),
 }
 """Well-known single-level variables, read below their ``__`` spellings."""
 

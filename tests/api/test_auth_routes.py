@@ -1,11 +1,10 @@
-"""Login, refresh, logout and the JWKS over ASGI, with a real TokenService and database
-(SQLite and PostgreSQL) and a stand-in account service."""
+"""Login, refresh, logout and the JWKS over ASGI, with a real TokenService, audit log and
+database (SQLite and PostgreSQL) and a stand-in account service."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -19,9 +18,9 @@ from helixflow.security.identity import UserRecord
 from helixflow.security.tokens import TokenService
 from helixflow.security_config import SecurityConfig
 from helixflow.store.database import Database
-from helixflow.store.repositories.users import UserRepository
+from helixflow.store.repositories.audit import AuditRepository
+from tests.security.factories import FakeClock, WallClock, store_users
 
-START = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
 SECRET = b"route-test-secret-0123456789abcdef"
 TTL = 600
 REFRESH_TTL = 7200
@@ -35,58 +34,18 @@ ALICE = UserRecord(id="usr_alice", username="alice", role="admin")
 BOB = UserRecord(id="usr_bob", username="bob", role="viewer")
 PASSWORDS = {"alice": "correct horse battery", "bob": "hunter2 hunter2"}
 BASE = "https://hf.test"
-
-
-@dataclass
-class Clock:
-    now: datetime = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@dataclass
-class Ticks:
-    """Monotonic seconds for the login throttle."""
-
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class Audit:
-    entries: list[dict[str, Any]] = field(default_factory=list)
-
-    async def append(
-        self,
-        actor: str,
-        action: str,
-        target_type: str,
-        target_id: str | None = None,
-        before: Mapping[str, Any] | None = None,
-        after: Mapping[str, Any] | None = None,
-        request_id: str | None = None,
-        ip: str | None = None,
-    ) -> int:
-        self.entries.append(
-            {"actor": actor, "action": action, "target_id": target_id, "after": after, "ip": ip}
-        )
-        return len(self.entries)
+TICK0 = 1000.0
+"""Where the login throttle's clock (monotonic seconds) starts."""
 
 
 @dataclass
 class Accounts:
-    """Stands in for AccountService: authenticate, get_user, audit."""
+    """Stands in for AccountService: authenticate, get_user, audit (the real one)."""
 
+    audit: AuditRepository
     users: dict[str, UserRecord] = field(
         default_factory=lambda: {u.username: u for u in (ALICE, BOB)}
     )
-    audit: Audit = field(default_factory=Audit)
     calls: list[tuple[str, str | None]] = field(default_factory=list)
 
     async def authenticate(
@@ -107,8 +66,8 @@ class Harness:
     app: FastAPI
     tokens: TokenService
     accounts: Accounts
-    clock: Clock
-    ticks: Ticks
+    clock: WallClock
+    ticks: FakeClock
 
     def client(self, address: str = "127.0.0.1") -> httpx.AsyncClient:
         transport = httpx.ASGITransport(app=self.app, client=(address, 50000))
@@ -119,8 +78,8 @@ def build(database: Database, config: SecurityConfig = CONFIG) -> Harness:
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(router)
-    accounts = Accounts()
-    clock, ticks = Clock(), Ticks()
+    accounts = Accounts(AuditRepository(database))
+    clock, ticks = WallClock(), FakeClock(TICK0)
     tokens = TokenService(database, SECRET, config, users=accounts, clock=clock)
     app.state.accounts = accounts
     app.state.tokens = tokens
@@ -130,9 +89,7 @@ def build(database: Database, config: SecurityConfig = CONFIG) -> Harness:
 
 @pytest.fixture
 async def harness(database: Database) -> AsyncIterator[Harness]:
-    repo = UserRepository(database)
-    for user in (ALICE, BOB):
-        await repo.create(user, None)  # refresh tokens reference users
+    await store_users(database, ALICE, BOB)
     h = build(database)
     yield h
     await h.tokens.stop()
@@ -142,6 +99,21 @@ async def harness(database: Database) -> AsyncIterator[Harness]:
 async def client(harness: Harness) -> AsyncIterator[httpx.AsyncClient]:
     async with harness.client() as c:
         yield c
+
+
+async def audit_entries(harness: Harness) -> list[dict[str, Any]]:
+    """The audit log, oldest first: who did what to which user, the after image, from where."""
+    records = await harness.accounts.audit.list()
+    return [
+        {
+            "actor": r.actor,
+            "action": r.action,
+            "target_id": r.target_id,
+            "after": r.after,
+            "ip": r.ip_address,
+        }
+        for r in reversed(records)
+    ]
 
 
 async def login(
@@ -184,7 +156,7 @@ async def test_login(harness: Harness, client: httpx.AsyncClient) -> None:
     assert (claims.sub, claims.name, claims.role) == (ALICE.id, "alice", "admin")
     assert harness.accounts.calls == [("alice", "127.0.0.1")]
     # authenticate audits a success itself; the route adds nothing.
-    assert harness.accounts.audit.entries == []
+    assert await audit_entries(harness) == []
 
 
 async def test_login_cookies(client: httpx.AsyncClient) -> None:
@@ -211,7 +183,7 @@ async def test_login_cookies(client: httpx.AsyncClient) -> None:
 
 
 async def test_cookies_without_secure_for_plain_http_dev(database: Database) -> None:
-    await UserRepository(database).create(ALICE, None)
+    await store_users(database, ALICE)
     h = build(database, CONFIG.model_copy(update={"cookie_secure": False}))
     async with h.client() as c:
         response = await login(c)
@@ -231,8 +203,9 @@ async def test_wrong_password_and_unknown_user_read_the_same(
     assert error(wrong)["code"] == "invalid_credentials"
     assert error(wrong)["type"] == "authentication_error"
     assert "set-cookie" not in wrong.headers
-    assert [e["action"] for e in harness.accounts.audit.entries] == ["user.login_failed"] * 2
-    assert harness.accounts.audit.entries[0]["after"] == {"username": "alice"}
+    entries = await audit_entries(harness)
+    assert [e["action"] for e in entries] == ["user.login_failed"] * 2
+    assert entries[0]["after"] == {"username": "alice"}
 
 
 @pytest.mark.parametrize(
@@ -308,7 +281,7 @@ async def test_login_throttled_per_address(harness: Harness) -> None:
 
 
 def test_throttle_forgets_old_attempts() -> None:
-    ticks = Ticks()
+    ticks = FakeClock(TICK0)
     throttle = LoginThrottle(2, clock=ticks, max_keys=3)
     throttle.attempt("a")
     ticks.now += 59.5
@@ -436,7 +409,7 @@ async def test_logout_by_bearer(harness: Harness) -> None:
     with pytest.raises(AuthenticationError) as info:
         await harness.tokens.refresh(tokens["refresh_token"])
     assert info.value.code == "refresh_token_reused"
-    assert harness.accounts.audit.entries[-1] == {
+    assert (await audit_entries(harness))[-1] == {
         "actor": "user:alice",
         "action": "user.logout",
         "target_id": ALICE.id,

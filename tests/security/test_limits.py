@@ -39,7 +39,8 @@ from helixflow.store.database import Database
 from helixflow.store.repositories.spend import SpendRepository, SpendSubject
 from helixflow.store.repositories.telemetry import TelemetryRepository
 from helixflow.store.telemetry.events import InferenceEvent
-from tests.security.conftest import FakeClock, closed_port
+from tests.security.conftest import closed_port
+from tests.security.factories import FakeClock
 from tests.tcp_proxy import TcpProxy
 
 MODEL = "smollm2-135m"

@@ -21,7 +21,8 @@ from helixflow.security.ratelimit import (
     limits_redis_client,
     refill,
 )
-from tests.security.conftest import T0, closed_port
+from tests.security.conftest import closed_port
+from tests.security.factories import T0
 
 TTL = 600.0
 

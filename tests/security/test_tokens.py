@@ -10,7 +10,7 @@ import hmac
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
@@ -41,10 +41,9 @@ from helixflow.store.repositories.sessions import (
     RevokedTokenRepository,
     SigningKeyRepository,
 )
-from helixflow.store.repositories.users import UserRepository
 from tests.security.conftest import closed_port
+from tests.security.factories import START, WallClock, store_users
 
-START = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
 SECRET = b"test-secret-0123456789abcdef-0123"
 TTL = 900
 REFRESH_TTL = 3600
@@ -59,19 +58,6 @@ CONFIG = SecurityConfig(
 )
 ALICE = UserRecord(id="usr_alice", username="alice", role="developer")
 BOB = UserRecord(id="usr_bob", username="bob", role="viewer")
-
-
-@dataclass
-class WallClock:
-    """Aware UTC datetimes that move only when the test moves them."""
-
-    now: datetime = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @dataclass
@@ -94,9 +80,7 @@ def wall() -> WallClock:
 
 @pytest.fixture
 async def directory(database: Database) -> Directory:
-    repo = UserRepository(database)
-    for user in (ALICE, BOB):
-        await repo.create(user, None)  # refresh tokens reference users
+    await store_users(database, ALICE, BOB)
     return Directory({ALICE.id: ALICE, BOB.id: BOB})
 
 

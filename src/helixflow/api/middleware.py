@@ -9,6 +9,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helixflow.errors import PayloadTooLargeError
+from helixflow.observability.json_logs import REQUEST_ID
 
 
 class BodyLimitMiddleware:
@@ -121,6 +122,7 @@ class RequestIdMiddleware:
             return
         request_id = time_ordered_id()
         scope.setdefault("state", {})["request_id"] = request_id
+        token = REQUEST_ID.set(request_id)  # for the JSON log lines written meanwhile
         encoded = request_id.encode("latin-1")
 
         async def send_with_id(message: Message) -> None:
@@ -129,4 +131,7 @@ class RequestIdMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helixflow.engine.base import Delta, GenerationStream
 from helixflow.errors import HelixFlowError
+from helixflow.observability.metrics import Metrics
 from helixflow.router.catalogue import Target
 from helixflow.store.schema import utcnow
 from helixflow.store.telemetry.events import InferenceEvent, TelemetryEvent
@@ -201,6 +202,7 @@ class TelemetryMiddleware:
             RECORDED_ENDPOINTS.get(scope.get("path", "")) if scope["type"] == "http" else None
         )
         recorder: EventRecorder | None = getattr(scope["app"].state, "recorder", None)
+        metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
         if endpoint is None or recorder is None or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
@@ -233,7 +235,10 @@ class TelemetryMiddleware:
         finally:
             if error_body and record.error_type is None:
                 _note_error(record, b"".join(error_body))
-            recorder.record(record.event(http_status, completed=completed))
+            event = record.event(http_status, completed=completed)
+            recorder.record(event)
+            if metrics is not None:
+                metrics.observe_request(event, record.target)
 
 
 def _note_error(record: RequestRecord, body: bytes) -> None:

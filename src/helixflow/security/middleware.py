@@ -32,6 +32,7 @@ PUBLIC_PATHS = frozenset(
     {
         "/health",
         "/ready",
+        "/metrics",
         "/.well-known/jwks.json",
         "/api/v1/auth/login",
         "/api/v1/auth/refresh",

@@ -2,116 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from helixflow.api.admin.keys import router as keys_router
-from helixflow.api.admin.users import router as users_router
-from helixflow.api.auth import PRINCIPAL_KEY
-from helixflow.api.errors import install_error_handlers
 from helixflow.errors import AuthenticationError
 from helixflow.security.accounts import CLI_ACTOR, AccountService
-from helixflow.security.identity import KeyRecord, Principal, Role, UserRecord
-from helixflow.security.passwords import Passwords
-from helixflow.security_config import SecurityConfig
-from helixflow.store.database import Database
-from helixflow.store.migrate import Migrator
-
-KEYS = "/api/v1/keys"
-PASSWORD = "correct horse battery"
-
-
-@dataclass
-class Acting:
-    """Who the next requests act as (None: no principal, i.e. authentication off)."""
-
-    principal: Principal | None = None
-
-
-class ActAs:
-    """Test-only ASGI middleware: puts the chosen principal where the auth middleware would."""
-
-    def __init__(self, app: ASGIApp, acting: Acting) -> None:
-        self.app = app
-        self.acting = acting
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.acting.principal is not None:
-            scope.setdefault("state", {})[PRINCIPAL_KEY] = self.acting.principal
-        await self.app(scope, receive, send)
-
-
-def make_app(accounts: AccountService | None, acting: Acting) -> FastAPI:
-    app = FastAPI()
-    install_error_handlers(app)
-    app.include_router(keys_router)
-    app.include_router(users_router)
-    if accounts is not None:
-        app.state.accounts = accounts
-    app.add_middleware(ActAs, acting=acting)
-    return app
-
-
-def user_principal(user: UserRecord) -> Principal:
-    return Principal(kind="user", role=user.role, name=user.username, user_id=user.id)
-
-
-async def add_user(accounts: AccountService, name: str, role: Role) -> UserRecord:
-    return await accounts.create_user(name, PASSWORD, role, CLI_ACTOR)
-
-
-def error(response: httpx.Response) -> dict[str, Any]:
-    body: dict[str, Any] = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    inner: dict[str, Any] = body["error"]
-    return inner
-
-
-@pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database(f"sqlite:///{tmp_path / 'helixflow.db'}")
-    await Migrator(db).upgrade()
-    try:
-        yield db
-    finally:
-        await db.dispose()
-
-
-@pytest.fixture
-async def accounts(database: Database) -> AsyncIterator[AccountService]:
-    service = AccountService(
-        database, b"s" * 32, SecurityConfig(), passwords=Passwords.fast_for_tests()
-    )
-    yield service
-    await service.close()
-
-
-@pytest.fixture
-def acting() -> Acting:
-    return Acting()
-
-
-@pytest.fixture
-async def client(accounts: AccountService, acting: Acting) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=make_app(accounts, acting))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        yield http
-
-
-@pytest.fixture
-async def admin(accounts: AccountService, acting: Acting) -> UserRecord:
-    user = await add_user(accounts, "root", "admin")
-    acting.principal = user_principal(user)
-    return user
+from helixflow.security.identity import KeyRecord, Principal, UserRecord
+from tests.api.admin.harness import (
+    KEYS,
+    Acting,
+    accounts_app,
+    add_user,
+    asgi_client,
+    error,
+    user_principal,
+)
 
 
 @pytest.fixture
@@ -313,8 +221,7 @@ async def test_unknown_key_is_a_404(client: httpx.AsyncClient, admin: UserRecord
 
 
 async def test_no_accounts_service_is_a_503(acting: Acting) -> None:
-    transport = httpx.ASGITransport(app=make_app(None, acting))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with asgi_client(accounts_app(None, acting)) as http:
         response = await http.get(KEYS)
     assert response.status_code == 503
     assert error(response)["code"] == "accounts_unavailable"

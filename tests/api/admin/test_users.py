@@ -3,8 +3,6 @@ export and deletion, the audit trail and its filters."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,62 +10,19 @@ import pytest
 
 from helixflow.security.accounts import AccountService
 from helixflow.security.identity import Principal, UserRecord
-from helixflow.security.passwords import Passwords
-from helixflow.security_config import SecurityConfig
-from helixflow.store.database import Database
-from helixflow.store.migrate import Migrator
 from helixflow.store.repositories.telemetry import TelemetryRepository
-from tests.api.admin.test_keys import (
+from tests.api.admin.harness import (
     KEYS,
     PASSWORD,
     Acting,
     add_user,
     error,
-    make_app,
     user_principal,
 )
 from tests.store.factories import inference_event
 
 USERS = "/api/v1/users"
 AUDIT = "/api/v1/audit"
-
-
-@pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database(f"sqlite:///{tmp_path / 'helixflow.db'}")
-    await Migrator(db).upgrade()
-    try:
-        yield db
-    finally:
-        await db.dispose()
-
-
-@pytest.fixture
-async def accounts(database: Database) -> AsyncIterator[AccountService]:
-    service = AccountService(
-        database, b"s" * 32, SecurityConfig(), passwords=Passwords.fast_for_tests()
-    )
-    yield service
-    await service.close()
-
-
-@pytest.fixture
-def acting() -> Acting:
-    return Acting()
-
-
-@pytest.fixture
-async def client(accounts: AccountService, acting: Acting) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=make_app(accounts, acting))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        yield http
-
-
-@pytest.fixture
-async def admin(accounts: AccountService, acting: Acting) -> UserRecord:
-    user = await add_user(accounts, "root", "admin")
-    acting.principal = user_principal(user)
-    return user
 
 
 async def create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
@@ -212,11 +167,11 @@ async def test_unknown_users_are_404(client: httpx.AsyncClient, admin: UserRecor
 
 
 async def test_privacy_export_and_delete(
-    client: httpx.AsyncClient, accounts: AccountService, database: Database, admin: UserRecord
+    client: httpx.AsyncClient, accounts: AccountService, admin: UserRecord
 ) -> None:
     alice = await create(client, username="alice", role="developer", email="a@example.com")
     key = (await client.post(KEYS, json={"name": "hers", "owner": alice["id"]})).json()
-    await TelemetryRepository(database).insert(
+    await TelemetryRepository(accounts.database).insert(
         [inference_event(1, user_id=alice["id"], end_user="alice@corp", cost_usd=0.5)]
     )
     export = await client.get(f"{USERS}/{alice['id']}/export")

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
+from opentelemetry.trace import SpanKind
 
 from helixflow.api.auth import principal_of
 from helixflow.api.openai.results import Result, StreamResult
@@ -26,6 +27,8 @@ from helixflow.api.openai.upstream import open_stream, post_json, upstream_body
 from helixflow.api.streaming import SSE_HEADERS, until_disconnected
 from helixflow.api.telemetry import STATE_KEY, EventRecorder, RequestRecord
 from helixflow.errors import InvalidRequestError, PermissionDeniedError
+from helixflow.observability.metrics import Metrics
+from helixflow.observability.tracing import SpanScope, Tracing
 from helixflow.providers.openai_compat import OpenAICompatProvider
 from helixflow.router.cache import CachedReply, ResponseCache, cache_key
 from helixflow.router.cache_replay import replay_chunks
@@ -33,7 +36,7 @@ from helixflow.router.catalogue import Target
 from helixflow.router.dispatch import Dispatcher, DispatchError, Lease
 from helixflow.router.router import RequestNeeds, Router
 from helixflow.security.identity import Principal
-from helixflow.store.telemetry.events import TelemetryEvent
+from helixflow.store.telemetry.events import RoutingEvent
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +119,12 @@ class Gateway:
         cache: ResponseCache | None,
         recorder: EventRecorder | None,
         limiter: Limiter | None = None,
+        tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._limiter = limiter
+        self._metrics = metrics
+        self._tracing = tracing if tracing is not None else Tracing.disabled()
         self.router = router
         self._dispatcher = dispatcher
         self._providers = providers
@@ -161,7 +168,18 @@ class Gateway:
                 if admission is not None:
                     await admission.settle(record.completion_tokens, 0.0)
                 return response
-        plan = self.router.plan(call.model, call.needs)
+        tracing = self._tracing
+        with tracing.span("router.plan") as span:
+            plan = self.router.plan(call.model, call.needs)
+            if span.recording:
+                span.set_attributes(
+                    {
+                        "helixflow.model": call.model,
+                        "helixflow.strategy": plan.strategy,
+                        "helixflow.route.reason": plan.reason,
+                        "helixflow.route.targets": [t.id for t in plan.order],
+                    }
+                )
 
         async def attempt(target: Target) -> Result:
             record.retry()
@@ -169,14 +187,33 @@ class Gateway:
             record.target = target
             if target.local:
                 renamed = call.model not in (target.model, *target.aliases)
-                return await local(target, renamed)
+                with tracing.span("engine.generate") as span:
+                    if span.recording:
+                        span.set_attributes(_target_attributes(target))
+                    return _followed(await local(target, renamed), span, record)
             provider = self._providers[target.provider]
             body = upstream_body(call.raw, target, stream=call.stream)
-            if call.stream:
-                return await open_stream(
-                    provider, target, call.path, body, record, client_usage=call.include_usage
-                )
-            return await post_json(provider, target, call.path, body, record)
+            with tracing.span("provider.request", kind=SpanKind.CLIENT) as span:
+                if span.recording:
+                    span.set_attributes(_target_attributes(target))
+                headers = tracing.inject_headers()
+                result: Result
+                if call.stream:
+                    result = await open_stream(
+                        provider,
+                        target,
+                        call.path,
+                        body,
+                        record,
+                        client_usage=call.include_usage,
+                        headers=headers,
+                    )
+                else:
+                    result = await post_json(
+                        provider, target, call.path, body, record, headers=headers
+                    )
+                span.set_attribute("http.response.status_code", 200)  # errors raise instead
+                return _followed(result, span, record)
 
         request_id = record.request_id
         try:
@@ -286,6 +323,23 @@ class Gateway:
                         prompt_tokens=record.prompt_tokens,
                     )
 
-    def _record(self, event: TelemetryEvent) -> None:
+    def _record(self, event: RoutingEvent) -> None:
         if self._recorder is not None:
             self._recorder.record(event)
+        if self._metrics is not None:
+            self._metrics.observe_decision(event)
+
+
+def _target_attributes(target: Target) -> dict[str, str]:
+    return {
+        "helixflow.target": target.id,
+        "helixflow.provider": target.provider,
+        "gen_ai.request.model": target.upstream_model,
+    }
+
+
+def _followed(result: Result, span: SpanScope, record: RequestRecord) -> Result:
+    """A stream keeps its attempt's span open until it ends (ERROR if it ended on an error)."""
+    if isinstance(result, StreamResult):
+        result.chunks = span.follow(result.chunks, failed=lambda: record.error_type)
+    return result

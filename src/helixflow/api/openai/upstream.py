@@ -126,9 +126,11 @@ async def open_stream(
     record: RequestRecord,
     *,
     client_usage: bool,
+    headers: dict[str, str] | None = None,
 ) -> StreamResult:
-    """Start the stream and read it up to its first token (or its end)."""
-    stream = await provider.stream(target.id, path, body)
+    """Start the stream and read it up to its first token (or its end). ``headers``: extra
+    request headers (the W3C trace context)."""
+    stream = await provider.stream(target.id, path, body, headers)
     events = stream.events()
     buffered: list[bytes] = []
     try:
@@ -151,8 +153,14 @@ async def open_stream(
 
 
 async def post_json(
-    provider: OpenAICompatProvider, target: Target, path: str, body: bytes, record: RequestRecord
+    provider: OpenAICompatProvider,
+    target: Target,
+    path: str,
+    body: bytes,
+    record: RequestRecord,
+    *,
+    headers: dict[str, str] | None = None,
 ) -> JsonResult:
-    reply = await provider.post(target.id, path, body)
+    reply = await provider.post(target.id, path, body, headers)
     _note_usage(record, reply.usage)
     return JsonResult(reply.body, headers=reply.headers)
