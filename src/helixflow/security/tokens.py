@@ -1,12 +1,9 @@
-"""Dashboard sessions: RS256 access tokens, rotating refresh tokens, logout, JWKS.
+"""Dashboard sessions: access tokens, rotating refresh tokens, logout.
 
-Access tokens are short-lived JWTs signed with RS256. Signing keys are generated on demand
-(2048-bit RSA), stored in ``signing_keys`` with the private half encrypted (AES-GCM under a key
-derived from the server secret), so every replica signs with the same key and verifies the
-others' tokens. A new key (a new ``kid``) replaces the current one every
-``security.signing_key_rotation_s``; the old one stops signing but keeps verifying until the
-last token it can have signed has expired, and ``/.well-known/jwks.json`` publishes it until
-then.
+Access tokens are short-lived RS256 JWTs (their format is in ``access_tokens.py``), signed
+with keys that every replica shares and that rotate on a schedule (``signing_keys.py``, which
+also builds the key set ``/.well-known/jwks.json`` publishes). This module is the session
+logic on top of both.
 
 Refresh tokens are opaque random strings, stored only as a keyed hash. A login starts a
 *family*; each refresh spends the presented token (a compare-and-set in the database, so two
@@ -21,68 +18,54 @@ is seen by the others within ``denylist_cache_s``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import hmac
 import logging
-import os
-import re
 import secrets
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, cast
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
-import jwt
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from helixflow.errors import (
-    AuthenticationError,
-    ConfigurationError,
-    NotFoundError,
-    ServiceUnavailableError,
+from helixflow.errors import AuthenticationError, NotFoundError, ServiceUnavailableError
+from helixflow.security.access_tokens import (
+    AccessClaims,
+    decode_access_token,
+    encode_access_token,
+    invalid_token,
+    signing_kid,
 )
-from helixflow.security.identity import ROLES, Role, UserRecord
+from helixflow.security.identity import UserRecord
 from helixflow.security.secret import derive
+from helixflow.security.signing_keys import SIGNING_KEY_PURPOSE, Clock, SigningKeys
 from helixflow.security_config import SecurityConfig
 from helixflow.store.database import CONNECTION_ERRORS, Database
 from helixflow.store.repositories.sessions import (
     RefreshTokenRepository,
     RefreshTokenRow,
     RevokedTokenRepository,
-    SigningKeyRepository,
-    SigningKeyRow,
 )
 from helixflow.store.schema import utcnow
 
+__all__ = [
+    "REFRESH_HASH_PURPOSE",
+    "SIGNING_KEY_PURPOSE",
+    "AccessClaims",
+    "Clock",
+    "TokenPair",
+    "TokenService",
+    "UserDirectory",
+]
+
 log = logging.getLogger(__name__)
 
-ISSUER = "helixflow"
-ALGORITHM = "RS256"
-RSA_KEY_BITS = 2048
-TOKEN_TYPE = "access"
 MAX_LEEWAY_S = 30
-MAX_ACCESS_TOKEN_CHARS = 8192
 MAX_REFRESH_TOKEN_CHARS = 256
 REFRESH_TOKEN_PREFIX = "hfr_"
 """Recognizable in logs and by secret scanners."""
-UNKNOWN_KID_RELOAD_S = 1.0
-"""A token naming a kid not in the cache reloads the keys at most this often: a flood of
-made-up kids costs the database one query a second."""
-SIGNING_KEY_PURPOSE = "jwt-signing-keys"
 REFRESH_HASH_PURPOSE = "refresh-token-hash"
-_KID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ENCRYPTION_VERSION = "v1"
-_NONCE_BYTES = 12
-_REQUIRED_CLAIMS = ["iss", "sub", "jti", "iat", "exp"]
-
-Clock = Callable[[], datetime]
 
 
 class UserDirectory(Protocol):
@@ -91,28 +74,6 @@ class UserDirectory(Protocol):
     :class:`NotFoundError`)."""
 
     async def get_user(self, user_id: str) -> UserRecord | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class AccessClaims:
-    """A verified access token's claims."""
-
-    sub: str
-    """The user's id."""
-    name: str
-    """The user's name when the token was issued."""
-    role: Role
-    """The user's role when the token was issued."""
-    jti: str
-    iat: datetime
-    exp: datetime
-    sid: str | None
-    """The session: the refresh-token family the token belongs to (logout revokes it)."""
-    kid: str
-
-    @property
-    def user_id(self) -> str:
-        return self.sub
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,24 +96,6 @@ class TokenPair:
             "expires_in": self.expires_in,
             "refresh_token": self.refresh_token,
         }
-
-
-@dataclass(frozen=True, slots=True)
-class _Signer:
-    kid: str
-    private_key: rsa.RSAPrivateKey
-    created_at: datetime
-    checked_at: datetime
-    """When the database last said this is the newest active key."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Verifier:
-    public_key: rsa.RSAPublicKey
-    expires_at: datetime | None
-
-    def valid_at(self, moment: datetime) -> bool:
-        return self.expires_at is None or self.expires_at > moment
 
 
 class TokenService:
@@ -186,20 +129,20 @@ class TokenService:
         self._users = users
         self._clock = clock
         self._leeway = timedelta(seconds=leeway_s)
-        self._key_cache = timedelta(seconds=key_cache_s)
         self._denylist_cache = timedelta(seconds=denylist_cache_s)
         self._denylist_cache_size = denylist_cache_size
         self._maintenance_interval_s = maintenance_interval_s
-        self._keys = SigningKeyRepository(database)
+        self._keys = SigningKeys(
+            database,
+            secret,
+            config,
+            clock=clock,
+            leeway=self._leeway,
+            key_cache=timedelta(seconds=key_cache_s),
+        )
         self._refresh_tokens = RefreshTokenRepository(database)
         self._revoked = RevokedTokenRepository(database)
-        self._aead = AESGCM(derive(secret, SIGNING_KEY_PURPOSE))
         self._refresh_hash_key = derive(secret, REFRESH_HASH_PURPOSE)
-        self._signer: _Signer | None = None
-        self._signer_lock = asyncio.Lock()
-        self._verifiers: dict[str, _Verifier] = {}
-        self._verifiers_loaded_at: datetime | None = None
-        self._verifiers_lock = asyncio.Lock()
         self._denied: OrderedDict[str, tuple[bool, datetime]] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
 
@@ -233,8 +176,7 @@ class TokenService:
         """One pass of the periodic work: rotate the signing key when due, reload the
         verifying keys, delete expired keys, denylist entries and refresh tokens."""
         now = self._clock()
-        await self._current_signer(now, force=True)
-        await self._reload_verifiers(now)
+        await self._keys.refresh(now)
         keys = await self._keys.delete_expired(now)
         denied = await self._revoked.prune(now)
         # Spent tokens are kept one more lifetime, so that showing one again is still
@@ -352,35 +294,8 @@ class TokenService:
     async def _access_token(
         self, user: UserRecord, family: str, now: datetime
     ) -> tuple[str, AccessClaims]:
-        signer = await self._signing_key(now)
-        issued = int(now.timestamp())
-        expires = issued + self.config.access_token_ttl_s
-        jti = secrets.token_urlsafe(16)
-        payload = {
-            "iss": ISSUER,
-            "sub": user.id,
-            "name": user.username,
-            "role": user.role,
-            "jti": jti,
-            "iat": issued,
-            "exp": expires,
-            "typ": TOKEN_TYPE,
-            "sid": family,
-        }
-        token = jwt.encode(
-            payload, signer.private_key, algorithm=ALGORITHM, headers={"kid": signer.kid}
-        )
-        claims = AccessClaims(
-            sub=user.id,
-            name=user.username,
-            role=user.role,
-            jti=jti,
-            iat=_from_timestamp(issued),
-            exp=_from_timestamp(expires),
-            sid=family,
-            kid=signer.kid,
-        )
-        return token, claims
+        signer = await self._keys.signer(now)
+        return encode_access_token(user, family, signer, now, self.config.access_token_ttl_s)
 
     def _new_refresh_token(
         self, user_id: str, family: str, now: datetime
@@ -407,47 +322,21 @@ class TokenService:
         claims), ``token_expired`` or ``token_revoked`` (logged out); a
         :class:`ServiceUnavailableError` (``sessions_unavailable``) when the database is
         needed and unreachable."""
-        if not isinstance(token, str) or not token or len(token) > MAX_ACCESS_TOKEN_CHARS:
-            raise _invalid("The access token is malformed.")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise _invalid("The access token is malformed.") from None
-        if header.get("alg") != ALGORITHM:
-            raise _invalid(f"The access token must be signed with {ALGORITHM}.")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not _KID.match(kid):
-            raise _invalid("The access token names no valid signing key.")
+        kid = signing_kid(token)
         now = self._clock()
         try:
-            verifier = await self._verifier(kid, now)
+            verifier = await self._keys.verifier(kid, now)
         except CONNECTION_ERRORS as exc:
             raise _unavailable(exc) from exc
         if verifier is None:
-            raise _invalid("The access token was signed by an unknown or expired key.")
-        try:
-            payload = jwt.decode(
-                token,
-                verifier.public_key,
-                algorithms=[ALGORITHM],
-                issuer=ISSUER,
-                # exp and iat are checked below, against the injected clock.
-                options={
-                    "require": _REQUIRED_CLAIMS,
-                    "verify_exp": False,
-                    "verify_iat": False,
-                    "verify_nbf": False,
-                },
-            )
-        except jwt.PyJWTError:
-            raise _invalid("The access token's signature or claims are not valid.") from None
-        claims = _claims(payload, kid)
+            raise invalid_token("The access token was signed by an unknown or expired key.")
+        claims = decode_access_token(token, verifier.public_key, kid)
         if now >= claims.exp + self._leeway:
             raise AuthenticationError(
                 "The access token has expired; refresh the session.", code="token_expired"
             )
         if claims.iat > now + self._leeway:
-            raise _invalid("The access token was issued in the future.")
+            raise invalid_token("The access token was issued in the future.")
         try:
             denied = await self._is_denied(claims.jti, now)
         except CONNECTION_ERRORS as exc:
@@ -457,34 +346,6 @@ class TokenService:
                 "The access token was revoked (logged out).", code="token_revoked"
             )
         return claims
-
-    async def _verifier(self, kid: str, now: datetime) -> _Verifier | None:
-        verifier = self._verifiers.get(kid)
-        if self._must_reload(verifier, now):
-            async with self._verifiers_lock:  # one reload at a time; the others wait for it
-                verifier = self._verifiers.get(kid)
-                if self._must_reload(verifier, now):
-                    await self._reload_verifiers(now)
-                    verifier = self._verifiers.get(kid)
-        if verifier is None or not verifier.valid_at(now):
-            return None
-        return verifier
-
-    def _must_reload(self, verifier: _Verifier | None, now: datetime) -> bool:
-        loaded = self._verifiers_loaded_at
-        if loaded is None or now >= loaded + self._key_cache or now < loaded:
-            return True
-        return verifier is None and now >= loaded + timedelta(seconds=UNKNOWN_KID_RELOAD_S)
-
-    async def _reload_verifiers(self, now: datetime) -> None:
-        rows = await self._keys.verifying(now)
-        fresh: dict[str, _Verifier] = {}
-        for row in rows:
-            cached = self._verifiers.get(row.kid)
-            public_key = cached.public_key if cached is not None else _load_public(row)
-            fresh[row.kid] = _Verifier(public_key, row.expires_at)
-        self._verifiers = fresh
-        self._verifiers_loaded_at = now
 
     async def _is_denied(self, jti: str, now: datetime) -> bool:
         cached = self._denied.get(jti)
@@ -504,17 +365,7 @@ class TokenService:
 
     async def jwks(self) -> dict[str, Any]:
         """Every key that still verifies, as a JSON Web Key Set."""
-        now = self._clock()
-        loaded = self._verifiers_loaded_at
-        if loaded is None or now >= loaded + self._key_cache or now < loaded:
-            await self._reload_verifiers(now)
-        return {
-            "keys": [
-                _jwk(kid, verifier.public_key)
-                for kid, verifier in self._verifiers.items()
-                if verifier.valid_at(now)
-            ]
-        }
+        return await self._keys.jwks()
 
     # --- signing keys ------------------------------------------------------------------------
 
@@ -522,193 +373,7 @@ class TokenService:
         """Retire the current signing key now and start a new one; returns its kid (for an
         operator who suspects a key leaked, or lost the secret the keys were encrypted
         with)."""
-        async with self._signer_lock:
-            now = self._clock()
-            for _ in range(3):
-                active = await self._keys.active()
-                signer = await self._replace(active, now)
-                if signer is not None:
-                    return signer.kid
-            raise ServiceUnavailableError("Could not rotate the signing key; try again.")
-
-    async def _signing_key(self, now: datetime) -> _Signer:
-        try:
-            return await self._current_signer(now, force=False)
-        except ConfigurationError as exc:
-            log.error("sessions: %s", exc)
-            raise ServiceUnavailableError(
-                "Sessions are unavailable: the signing key cannot be used (see the server log).",
-                code="signing_key_unavailable",
-            ) from exc
-
-    def _signer_fresh(self, signer: _Signer | None, now: datetime) -> bool:
-        rotation = timedelta(seconds=self.config.signing_key_rotation_s)
-        return (
-            signer is not None
-            and now < signer.created_at + rotation
-            and signer.checked_at <= now < signer.checked_at + self._key_cache
-        )
-
-    async def _current_signer(self, now: datetime, *, force: bool) -> _Signer:
-        if not force and self._signer_fresh(self._signer, now):
-            return cast(_Signer, self._signer)
-        async with self._signer_lock:
-            if not force and self._signer_fresh(self._signer, now):
-                return cast(_Signer, self._signer)
-            rotation = timedelta(seconds=self.config.signing_key_rotation_s)
-            for _ in range(3):
-                active = await self._keys.active()
-                newest = active[0] if active else None
-                if newest is not None and now < newest.created_at + rotation:
-                    signer = _Signer(newest.kid, self._decrypt(newest), newest.created_at, now)
-                    self._signer = signer
-                    self._remember_verifier(newest)
-                    return signer
-                replaced = await self._replace(active, now)
-                if replaced is not None:
-                    return replaced
-                # Another replica rotated first: use its key.
-            raise ServiceUnavailableError(
-                "Could not settle on a signing key; try again.", code="signing_key_unavailable"
-            )
-
-    async def _replace(self, active: list[SigningKeyRow], now: datetime) -> _Signer | None:
-        """Add a new key retiring ``active``; None when another replica changed them first.
-        Must hold ``_signer_lock``."""
-        row, private_key = await self._generate(now)
-        # The retired key verifies until the last token it may have signed has expired: a
-        # replica that has not noticed the rotation yet signs with it for up to key_cache_s.
-        until = now + timedelta(seconds=self.config.access_token_ttl_s) + self._leeway
-        until += self._key_cache
-        if not await self._keys.rotate(row, [k.kid for k in active], now, until):
-            return None
-        log.info(
-            "sessions: new signing key %s%s",
-            row.kid,
-            f" (retired {', '.join(k.kid for k in active)})" if active else "",
-        )
-        signer = _Signer(row.kid, private_key, row.created_at, now)
-        self._signer = signer
-        self._remember_verifier(row)
-        for old in active:
-            cached = self._verifiers.get(old.kid)
-            if cached is not None:
-                self._verifiers[old.kid] = _Verifier(cached.public_key, until)
-        return signer
-
-    def _remember_verifier(self, row: SigningKeyRow) -> None:
-        if row.kid not in self._verifiers:
-            self._verifiers[row.kid] = _Verifier(_load_public(row), row.expires_at)
-
-    async def _generate(self, now: datetime) -> tuple[SigningKeyRow, rsa.RSAPrivateKey]:
-        kid = secrets.token_urlsafe(16)
-        private_key, private_pem, public_pem = await asyncio.to_thread(_new_rsa_key)
-        row = SigningKeyRow(
-            kid=kid,
-            algorithm=ALGORITHM,
-            public_pem=public_pem.decode(),
-            private_encrypted=self._encrypt(kid, private_pem),
-            created_at=now,
-        )
-        return row, private_key
-
-    def _encrypt(self, kid: str, private_pem: bytes) -> str:
-        nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, private_pem, kid.encode())
-        return f"{_ENCRYPTION_VERSION}.{base64.urlsafe_b64encode(nonce + sealed).decode()}"
-
-    def _decrypt(self, row: SigningKeyRow) -> rsa.RSAPrivateKey:
-        version, _, body = row.private_encrypted.partition(".")
-        try:
-            if version != _ENCRYPTION_VERSION:
-                raise ValueError(f"unknown encryption version {version!r}")
-            sealed = base64.urlsafe_b64decode(body.encode())
-            pem = self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], row.kid.encode())
-            key = serialization.load_pem_private_key(pem, password=None)
-        except (InvalidTag, ValueError) as exc:
-            raise ConfigurationError(
-                f"signing key {row.kid} cannot be decrypted with this server's secret: every "
-                "replica must share the same secret (security.secret_env / secret_file). "
-                "Restore it, or start new keys with TokenService.rotate() (sessions signed "
-                "by the old key stay valid until they expire)."
-            ) from exc
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ConfigurationError(f"signing key {row.kid} is not an RSA key")
-        return key
-
-
-def _new_rsa_key() -> tuple[rsa.RSAPrivateKey, bytes, bytes]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return key, private_pem, public_pem
-
-
-def _load_public(row: SigningKeyRow) -> rsa.RSAPublicKey:
-    key = serialization.load_pem_public_key(row.public_pem.encode())
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ConfigurationError(f"signing key {row.kid} is not an RSA key")
-    return key
-
-
-def _jwk(kid: str, key: rsa.RSAPublicKey) -> dict[str, str]:
-    numbers = key.public_numbers()
-    return {
-        "kty": "RSA",
-        "kid": kid,
-        "use": "sig",
-        "alg": ALGORITHM,
-        "n": _b64_uint(numbers.n),
-        "e": _b64_uint(numbers.e),
-    }
-
-
-def _b64_uint(value: int) -> str:
-    raw = value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _claims(payload: dict[str, Any], kid: str) -> AccessClaims:
-    sub, name, role, jti = (payload.get(k) for k in ("sub", "name", "role", "jti"))
-    iat, exp, sid = payload.get("iat"), payload.get("exp"), payload.get("sid")
-    if (
-        payload.get("typ") != TOKEN_TYPE
-        or not isinstance(sub, str)
-        or not sub
-        or not isinstance(name, str)
-        or role not in ROLES
-        or not isinstance(jti, str)
-        or not jti
-        or len(jti) > 64
-        or not _is_int(iat)
-        or not _is_int(exp)
-        or not (sid is None or isinstance(sid, str))
-    ):
-        raise _invalid("The access token's claims are not valid.")
-    return AccessClaims(
-        sub=sub,
-        name=name,
-        role=cast(Role, role),
-        jti=jti,
-        iat=_from_timestamp(cast(int, iat)),
-        exp=_from_timestamp(cast(int, exp)),
-        sid=sid,
-        kid=kid,
-    )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**40
-
-
-def _from_timestamp(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
+        return await self._keys.rotate()
 
 
 def _plausible_refresh_token(token: object) -> bool:
@@ -725,7 +390,3 @@ def _unavailable(exc: BaseException) -> ServiceUnavailableError:
     return ServiceUnavailableError(
         "Sessions cannot be checked right now; retry shortly.", code="sessions_unavailable"
     )
-
-
-def _invalid(message: str) -> AuthenticationError:
-    return AuthenticationError(message, code="invalid_token")

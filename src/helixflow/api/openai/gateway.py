@@ -168,8 +168,7 @@ class Gateway:
                 if admission is not None:
                     await admission.settle(record.completion_tokens, 0.0)
                 return response
-        tracing = self._tracing
-        with tracing.span("router.plan") as span:
+        with self._tracing.span("router.plan") as span:
             plan = self.router.plan(call.model, call.needs)
             if span.recording:
                 span.set_attributes(
@@ -182,38 +181,7 @@ class Gateway:
                 )
 
         async def attempt(target: Target) -> Result:
-            record.retry()
-            record.serving(served_model=target.model, prompt_tokens=0, provider=target.provider)
-            record.target = target
-            if target.local:
-                renamed = call.model not in (target.model, *target.aliases)
-                with tracing.span("engine.generate") as span:
-                    if span.recording:
-                        span.set_attributes(_target_attributes(target))
-                    return _followed(await local(target, renamed), span, record)
-            provider = self._providers[target.provider]
-            body = upstream_body(call.raw, target, stream=call.stream)
-            with tracing.span("provider.request", kind=SpanKind.CLIENT) as span:
-                if span.recording:
-                    span.set_attributes(_target_attributes(target))
-                headers = tracing.inject_headers()
-                result: Result
-                if call.stream:
-                    result = await open_stream(
-                        provider,
-                        target,
-                        call.path,
-                        body,
-                        record,
-                        client_usage=call.include_usage,
-                        headers=headers,
-                    )
-                else:
-                    result = await post_json(
-                        provider, target, call.path, body, record, headers=headers
-                    )
-                span.set_attribute("http.response.status_code", 200)  # errors raise instead
-                return _followed(result, span, record)
+            return await self._attempt(target, call, local, record)
 
         request_id = record.request_id
         try:
@@ -243,6 +211,44 @@ class Gateway:
         if key is not None and self.cache is not None:
             await self.cache.put(key, CachedReply(result.body, lease.target.id, time.time()))
         return Response(result.body, media_type="application/json", headers=headers)
+
+    async def _attempt(
+        self, target: Target, call: Call, local: LocalRunner, record: RequestRecord
+    ) -> Result:
+        """One try on ``target``: its local engine, or its provider (with the trace context)."""
+        record.retry()
+        record.serving(served_model=target.model, prompt_tokens=0, provider=target.provider)
+        record.target = target
+        tracing = self._tracing
+        if target.local:
+            renamed = call.model not in (target.model, *target.aliases)
+            with tracing.span("engine.generate") as span:
+                if span.recording:
+                    span.set_attributes(_target_attributes(target))
+                return _followed(await local(target, renamed), span, record)
+        with tracing.span("provider.request", kind=SpanKind.CLIENT) as span:
+            if span.recording:
+                span.set_attributes(_target_attributes(target))
+            result = await self._upstream(target, call, record, tracing.inject_headers())
+            span.set_attribute("http.response.status_code", 200)  # errors raise instead
+            return _followed(result, span, record)
+
+    async def _upstream(
+        self, target: Target, call: Call, record: RequestRecord, headers: dict[str, str]
+    ) -> Result:
+        provider = self._providers[target.provider]
+        body = upstream_body(call.raw, target, stream=call.stream)
+        if call.stream:
+            return await open_stream(
+                provider,
+                target,
+                call.path,
+                body,
+                record,
+                client_usage=call.include_usage,
+                headers=headers,
+            )
+        return await post_json(provider, target, call.path, body, record, headers=headers)
 
     def _cache_key(self, request: Request, call: Call) -> str | None:
         if self.cache is None or call.endpoint == "embeddings":

@@ -33,7 +33,7 @@ class _LostRace(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SigningKeyRow:
-    """One signing key as stored: the private half encrypted (see ``security/tokens.py``)."""
+    """One signing key as stored: the private half encrypted (see ``security/signing_keys.py``)."""
 
     kid: str
     public_pem: str
