@@ -2,7 +2,7 @@
 
 Admins only, except ``GET /api/v1/users/me`` (anyone authenticated: who am I?).
 ``DELETE /api/v1/users/{user_id}`` is the privacy deletion and ``GET .../export`` the privacy
-export (see ``security/accounts.py`` for what each covers). Every change is audited.
+export (see ``security/privacy.py`` for what each covers). Every change is audited.
 """
 
 from __future__ import annotations
