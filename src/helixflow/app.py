@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,6 +58,25 @@ def _local_info(engines: EngineRegistry) -> LocalInfo:
         return served.info.context_size, served.stats().queued_requests
 
     return info
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker of ``helixflow serve --workers N`` (a zero-argument factory for
+    uvicorn or gunicorn): settings from the environment and ``HELIXFLOW_CONFIG``, and the
+    worker's own spool and KV directories (``workers.py``)."""
+    from helixflow.config import load_settings
+    from helixflow.observability.logging import configure_logging
+    from helixflow.workers import claim_slot, worker_settings
+
+    settings = load_settings()
+    configure_logging(settings.server.log_level, settings.observability.log_format)
+    if settings.server.workers == 1:
+        return create_app(settings)
+    slot = claim_slot(settings.data_dir / "workers", settings.server.workers)
+    log.info("worker %d (pid %d) starting", slot.index, os.getpid())
+    app = create_app(worker_settings(settings, slot))
+    app.state.worker_slot = slot
+    return app
 
 
 def create_app(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -107,6 +109,15 @@ def serve(
         str | None, typer.Option(help="Interface to bind [default: 127.0.0.1].")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind [default: 8080; 0 = any].")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Worker processes behind the port, each a whole server with its own models "
+            "[default: 1].",
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Start the OpenAI-compatible server and load the configured models."""
@@ -114,15 +125,67 @@ def serve(
 
     settings = _load(config)
     server_cfg = settings.server.model_copy(
-        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+        update={
+            k: v
+            for k, v in {"host": host, "port": port, "workers": workers}.items()
+            if v is not None
+        }
     )
     update: dict[str, Any] = {"server": server_cfg}
     if model is not None:
         update["models"] = [model_from_argument(model)]
     settings = settings.model_copy(update=update)
     configure_logging(settings.server.log_level, settings.observability.log_format)
+    if settings.server.workers > 1:
+        _serve_workers(settings, config, model)
+        return
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_serve(settings))
+
+
+def _serve_workers(settings: Settings, config: Path | None, model: str | None) -> None:
+    """Check and migrate once here, then let uvicorn spawn the workers, which build their
+    apps from the environment (``app.app_from_environment``)."""
+
+    async def check() -> None:
+        store = await _open_store(settings)
+        await store.close()
+
+    asyncio.run(check())
+    server = settings.server
+    multiproc = settings.observability.metrics_multiproc_dir or (
+        settings.data_dir / "metrics-multiproc"
+    )
+    shutil.rmtree(multiproc, ignore_errors=True)
+    multiproc.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
+    os.environ["HELIXFLOW_SERVER__WORKERS"] = str(server.workers)
+    os.environ["HELIXFLOW_SERVER__HOST"] = server.host
+    os.environ["HELIXFLOW_SERVER__PORT"] = str(server.port)
+    if config is not None:
+        os.environ["HELIXFLOW_CONFIG"] = str(config.resolve())
+    if model is not None:
+        os.environ["HELIXFLOW_MODELS"] = json.dumps(
+            [model_from_argument(model).model_dump(mode="json")]
+        )
+    Console().print(
+        f"[bold green]HelixFlow {__version__}[/] starting {server.workers} workers on "
+        f"{server.host}:{server.port}"
+    )
+    uvicorn.run(
+        "helixflow.app:app_from_environment",
+        factory=True,
+        workers=server.workers,
+        host=server.host,
+        port=server.port,
+        log_level=server.log_level,
+        access_log=server.access_log,
+        log_config=None,
+        loop="uvloop" if _loop_factory() is not None else "asyncio",
+        timeout_graceful_shutdown=5,
+        ssl_certfile=str(server.tls_certfile) if server.tls_certfile else None,
+        ssl_keyfile=str(server.tls_keyfile) if server.tls_keyfile else None,
+    )
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

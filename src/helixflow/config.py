@@ -171,6 +171,13 @@ class ServerConfig(BaseModel):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes behind the port, each a whole server that loads the "
+        "models (docs/observability.md).",
+    )
     tls_certfile: Path | None = Field(
         default=None,
         description="PEM certificate (chain): serve HTTPS (docs/security-hardening.md).",
