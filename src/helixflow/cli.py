@@ -247,19 +247,18 @@ async def _open_store(settings: Settings) -> Store:
 
 async def _check_exposure(settings: Settings, store: Store) -> None:
     """No unauthenticated server on a network address (security/exposure.py)."""
+    from helixflow.security.accounts import credentials_exist
     from helixflow.security.exposure import check_exposure
     from helixflow.store.repositories.api_keys import ApiKeyRepository
     from helixflow.store.repositories.users import UserRepository
 
-    async def credentials_exist() -> bool:
+    async def any_credentials() -> bool:
         if settings.security.bootstrap_admin.password():
             return True  # the lifespan creates the admin before serving
         database = store.database
-        return await UserRepository(database).count() > 0 or (
-            await ApiKeyRepository(database).any_unrevoked()
-        )
+        return await credentials_exist(UserRepository(database), ApiKeyRepository(database))
 
-    await check_exposure(settings.server.host, settings.security.auth, credentials_exist)
+    await check_exposure(settings.server.host, settings.security.auth, any_credentials)
 
 
 def _print_banner(server: uvicorn.Server, settings: Settings) -> None:

@@ -402,7 +402,7 @@ class AccountService:
 
     async def any_credentials(self) -> bool:
         """True once any user or any unrevoked key exists: authentication is then on."""
-        return await self.users.count() > 0 or await self.keys.any_unrevoked()
+        return await credentials_exist(self.users, self.keys)
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -415,3 +415,9 @@ class AccountService:
                 param="user_id",
                 code="last_admin",
             )
+
+
+async def credentials_exist(users: UserRepository, keys: ApiKeyRepository) -> bool:
+    """Whether any user or any unrevoked API key exists (the switch for ``security.auth:
+    auto``); ``serve`` asks before binding, the running server through AccountService."""
+    return await users.count() > 0 or await keys.any_unrevoked()

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from fastapi import Request
@@ -26,7 +26,7 @@ from helixflow.api.openai.results import Result, StreamResult
 from helixflow.api.openai.upstream import open_stream, post_json, upstream_body
 from helixflow.api.streaming import SSE_HEADERS, until_disconnected
 from helixflow.api.telemetry import STATE_KEY, EventRecorder, RequestRecord
-from helixflow.errors import InvalidRequestError, PermissionDeniedError
+from helixflow.errors import PermissionDeniedError
 from helixflow.observability.metrics import Metrics
 from helixflow.observability.tracing import SpanScope, Tracing
 from helixflow.providers.openai_compat import OpenAICompatProvider
@@ -35,7 +35,7 @@ from helixflow.router.cache_replay import replay_chunks
 from helixflow.router.catalogue import Target
 from helixflow.router.dispatch import Dispatcher, DispatchError, Lease
 from helixflow.router.router import RequestNeeds, Router
-from helixflow.security.identity import Principal
+from helixflow.security.limits import Admission, Limiter
 from helixflow.store.telemetry.events import RoutingEvent
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 LocalRunner = Callable[[Target, bool], Awaitable[Result]]
 """Runs the request on a local target: (target, renamed) -> result; ``renamed``: the request
 named a group or another model, so the reply should name the target's model."""
-
-CATEGORY_HEADER = "x-helixflow-category"
-AGENT_HEADER = "x-agent-id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +60,6 @@ class Call:
     include_usage: bool = False
 
 
-def client_headers(request: Request) -> tuple[str | None, str | None, str | None]:
-    """(category, agent id, Cache-Control) from the request headers."""
-    headers = request.headers
-    category = headers.get(CATEGORY_HEADER, "").strip().lower() or None
-    if category is not None and len(category) > 64:
-        raise InvalidRequestError(
-            f"The {CATEGORY_HEADER} header must be at most 64 characters.",
-            param=CATEGORY_HEADER,
-            code="invalid_header",
-        )
-    agent = headers.get(AGENT_HEADER, "").strip() or None
-    return category, agent, headers.get("cache-control")
-
-
 async def raw_body(request: Request) -> dict[str, Any]:
     """The client's JSON body (already read and validated by FastAPI)."""
     data = orjson.loads(await request.body())
@@ -91,23 +74,6 @@ def record_of(request: Request) -> RequestRecord:
     return RequestRecord(
         request_id=str(request.scope.get("state", {}).get("request_id", "")), endpoint=""
     )
-
-
-class Admission(Protocol):
-    """A request let through the limits: settle it with what it used, or release it."""
-
-    @property
-    def headers(self) -> dict[str, str]: ...
-
-    async def settle(
-        self, completion_tokens: int, cost_usd: float, *, prompt_tokens: int | None = None
-    ) -> None: ...
-
-    async def release(self) -> None: ...
-
-
-class Limiter(Protocol):
-    async def admit(self, principal: Principal, model: str, prompt_tokens: int) -> Admission: ...
 
 
 class Gateway:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from helixflow.api.openai.gateway import client_headers
 from helixflow.api.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -13,10 +12,27 @@ from helixflow.api.openai.protocol import (
 from helixflow.api.openai.protocol_embeddings import EmbeddingRequest
 from helixflow.api.openai.sessions import session_id
 from helixflow.config import Settings
+from helixflow.errors import InvalidRequestError
 from helixflow.router.router import RequestNeeds
 
+CATEGORY_HEADER = "x-helixflow-category"
+AGENT_HEADER = "x-agent-id"
 CHARS_PER_TOKEN = 4
 """A rough prompt size before tokenization; only used to skip targets that cannot fit it."""
+
+
+def client_headers(request: Request) -> tuple[str | None, str | None]:
+    """(task category, agent id) from the request headers."""
+    headers = request.headers
+    category = headers.get(CATEGORY_HEADER, "").strip().lower() or None
+    if category is not None and len(category) > 64:
+        raise InvalidRequestError(
+            f"The {CATEGORY_HEADER} header must be at most 64 characters.",
+            param=CATEGORY_HEADER,
+            code="invalid_header",
+        )
+    agent = headers.get(AGENT_HEADER, "").strip() or None
+    return category, agent
 
 
 def _estimate(chars: int) -> int:
@@ -42,7 +58,7 @@ def chat_needs(body: ChatCompletionRequest, request: Request, settings: Settings
                 if isinstance(text, str):
                     texts.append(text)
     prompt = "\n".join(texts)
-    category, agent, _ = client_headers(request)
+    category, agent = client_headers(request)
     return RequestNeeds(
         capabilities=frozenset(capabilities),
         prompt_tokens=_estimate(len(prompt)),
@@ -63,7 +79,7 @@ def completion_needs(body: CompletionRequest, request: Request, settings: Settin
         tokens = _estimate(len(text))
     else:
         text, tokens = "", sum(len(p) if isinstance(p, list) else 1 for p in prompt)
-    category, agent, _ = client_headers(request)
+    category, agent = client_headers(request)
     return RequestNeeds(
         capabilities=frozenset({"completions"}),
         prompt_tokens=tokens,
@@ -76,5 +92,5 @@ def completion_needs(body: CompletionRequest, request: Request, settings: Settin
 
 
 def embedding_needs(body: EmbeddingRequest, request: Request) -> RequestNeeds:
-    category, agent, _ = client_headers(request)
+    category, agent = client_headers(request)
     return RequestNeeds(capabilities=frozenset({"embeddings"}), category=category, agent=agent)
